@@ -1,0 +1,77 @@
+# account-ops: every entry point of the project. `make test` is what CI runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION := 3.13
+comma := ,
+# The first Python 3.13 that really runs (a pyenv shim may exist without the version behind it).
+PYTHON := $(shell for p in python$(PYTHON_VERSION) python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(PYTHON_VERSION))))' 2>/dev/null \
+	&& command -v $$p && break; done)
+
+VENV := .venv
+VENV_SAM := .venv-sam
+PY := $(VENV)/bin/python
+SAM := $(VENV_SAM)/bin/sam
+STAMP := $(VENV)/.installed
+STAMP_SAM := $(VENV_SAM)/.installed
+export AWS_DEFAULT_REGION ?= eu-west-1
+export SAM_CLI_TELEMETRY := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help python venv test lint typecheck unit validate build local demo bench clean
+
+help:
+	@echo "make demo   - the whole system on the local stack (simulator + moto), scripted tour"
+	@echo "make local  - start the local stack and keep it running (Ctrl-C stops it)"
+	@echo "make test   - ruff, mypy, sam validate --lint, pytest (what CI runs)"
+	@echo "make build  - sam build (arm64, Python 3.13, no Docker)"
+	@echo "make bench  - cold start, warm cost, memory and size benchmarks"
+	@echo "make venv   - create or refresh .venv from the pinned requirements"
+
+python:
+	@if [ -z "$(PYTHON)" ]; then echo "error: Python $(PYTHON_VERSION) is required (the Lambda runtime's version); install it (e.g. 'pyenv install $(PYTHON_VERSION)') and run make again" >&2; exit 1; fi
+
+$(STAMP): requirements-dev.txt layers/shared/requirements.txt | python
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+$(STAMP_SAM): requirements-sam.txt | python
+	@test -x $(VENV_SAM)/bin/python || $(PYTHON) -m venv $(VENV_SAM)
+	$(VENV_SAM)/bin/python -m pip install --quiet -r requirements-sam.txt
+	@touch $@
+
+venv: $(STAMP) $(STAMP_SAM)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict layers/shared/account_api
+	$(VENV)/bin/mypy $(wildcard functions/*/app.py) local
+
+validate: $(STAMP_SAM)
+	$(SAM) validate --lint --template template.yaml
+
+unit: $(STAMP)
+	$(PY) -m pytest
+
+test: lint typecheck validate unit
+
+build: $(STAMP_SAM)
+	PATH="$(dir $(PYTHON)):$$PATH" $(SAM) build --template template.yaml
+
+local: $(STAMP)
+	$(PY) -m local up
+
+demo: $(STAMP)
+	$(PY) -m local demo
+
+bench: $(STAMP) $(STAMP_SAM)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(VENV_SAM) .aws-sam .mypy_cache .ruff_cache

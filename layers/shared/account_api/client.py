@@ -1,0 +1,334 @@
+"""A typed client for the eight operations of the Vonage Account API.
+
+Design points (see ARCHITECTURE.md):
+- HTTP Basic auth on every operation, so the secret never sits in a URL (nor in access logs).
+- Every call has connect and read timeouts and one overall deadline, retries included.
+- Only GETs are retried (connection errors, 429 with a short Retry-After, 5xx), with capped
+  exponential backoff and full jitter. POSTs and DELETEs are sent once: a top-up must never be
+  re-sent by a transport layer.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from pydantic import BaseModel, SecretStr, ValidationError
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
+
+from . import errors
+from .models import AccountSettings, Balance, SecretInfo, SenderRegistration, TopUpResult
+from .wire import error_for, parse_body
+
+REST_BASE_URL = "https://rest.nexmo.com"
+API_BASE_URL = "https://api.nexmo.com"
+USER_AGENT = "account-ops/1.0 (+python-requests)"
+
+SECRET_MIN_LENGTH = 8
+SECRET_MAX_LENGTH = 25
+MAX_URL_LENGTH = 2048
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_EMAIL = re.compile(
+    r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+_URL = re.compile(r"^https?://[^\s/?#@\\]+(?:[/?#][^\s\\]*)?$", re.IGNORECASE)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Deadlines and retry policy. The defaults keep a whole call, retries included, well inside
+    API Gateway's 29 s integration timeout."""
+
+    connect_timeout: float = 3.05
+    read_timeout: float = 5.0
+    total_deadline: float = 20.0
+    max_attempts: int = 3
+    backoff_base: float = 0.2
+    backoff_cap: float = 2.0
+    max_retry_after: float = 5.0
+
+
+def secret_rule_violation(secret: str) -> str | None:
+    """Why a new API secret breaks Vonage's rules, or None when it meets them."""
+    if not SECRET_MIN_LENGTH <= len(secret) <= SECRET_MAX_LENGTH:
+        return f"must be {SECRET_MIN_LENGTH}-{SECRET_MAX_LENGTH} characters long"
+    if not any(c.islower() for c in secret):
+        return "must contain a lower case letter"
+    if not any(c.isupper() for c in secret):
+        return "must contain an upper case letter"
+    if not any(c.isdigit() for c in secret):
+        return "must contain a digit"
+    return None
+
+
+def callback_url_violation(url: str) -> str | None:
+    """Why a callback URL is not acceptable to send, or None. An empty string (unset) is fine."""
+    if url == "":
+        return None
+    if len(url) > MAX_URL_LENGTH:
+        return f"must be at most {MAX_URL_LENGTH} characters"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url) or not _URL.match(url):
+        return "must be an absolute http(s) URL"
+    return None
+
+
+class AccountClient:
+    """Client for the Vonage Account API. One instance per credential; safe to reuse across warm
+    Lambda invocations (it keeps one HTTP connection pool)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_secret: str | SecretStr,
+        rest_base_url: str = REST_BASE_URL,
+        api_base_url: str = API_BASE_URL,
+        options: ClientOptions | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not api_key:
+            raise errors.InvalidInputError("api_key", "must not be empty")
+        self.api_key = api_key
+        self._secret = api_secret if isinstance(api_secret, SecretStr) else SecretStr(api_secret)
+        self.rest_base_url = rest_base_url.rstrip("/")
+        self.api_base_url = api_base_url.rstrip("/")
+        self.options = options or ClientOptions()
+        self._session = session or _new_session()
+
+    def __repr__(self) -> str:
+        return f"AccountClient(api_key={self.api_key!r}, api_secret='**********')"
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- the eight operations -------------------------------------------------------------------
+
+    def get_account_balance(self) -> Balance:
+        body = self._call("getAccountBalance", "GET", self.rest_base_url + "/account/get-balance")
+        return self._model("getAccountBalance", Balance, body)
+
+    def top_up_account_balance(self, trx: str | SecretStr) -> TopUpResult:
+        """Send one top-up. Never retried: on a timeout or 5xx the outcome is unknown, and the
+        caller decides (see `errors.outcome_unknown`)."""
+        value = trx.get_secret_value() if isinstance(trx, SecretStr) else trx
+        if not value or len(value) > 256 or not value.isprintable() or value.strip() != value:
+            raise errors.InvalidInputError(
+                "trx", "must be a non-empty printable reference", operation="topUpAccountBalance"
+            )
+        body = self._call("topUpAccountBalance", "POST", self.rest_base_url + "/account/top-up", form={"trx": value})
+        return self._model("topUpAccountBalance", TopUpResult, body)
+
+    def change_account_settings(
+        self, mo_callback_url: str | None = None, dr_callback_url: str | None = None
+    ) -> AccountSettings:
+        """Change the default callback URLs; with no argument, read the current settings.
+        An empty string unsets a URL."""
+        form: dict[str, str] = {}
+        for field, wire_name, value in (
+            ("mo_callback_url", "moCallBackUrl", mo_callback_url),
+            ("dr_callback_url", "drCallBackUrl", dr_callback_url),
+        ):
+            if value is None:
+                continue
+            violation = callback_url_violation(value)
+            if violation:
+                raise errors.InvalidInputError(field, violation, operation="changeAccountSettings")
+            form[wire_name] = value
+        body = self._call("changeAccountSettings", "POST", self.rest_base_url + "/account/settings", form=form)
+        return self._model("changeAccountSettings", AccountSettings, body)
+
+    def register_sender(
+        self, value: str, name: str | None = None, application_ids: list[str] | None = None
+    ) -> SenderRegistration:
+        operation = "registerSender"
+        if not isinstance(value, str) or not _EMAIL.match(value) or len(value) > 254:
+            raise errors.InvalidInputError("value", "must be an email address", operation=operation)
+        payload: dict[str, Any] = {"provider": "email", "value": value}
+        if name is not None:
+            if not name or len(name) > 256:
+                raise errors.InvalidInputError("name", "must be 1-256 characters", operation=operation)
+            payload["name"] = name
+        if application_ids is not None:
+            if not all(isinstance(i, str) and _PATH_SEGMENT.match(i) for i in application_ids):
+                raise errors.InvalidInputError(
+                    "application_ids", "must be a list of application ids", operation=operation
+                )
+            payload["application_ids"] = list(application_ids)
+        body = self._call(operation, "POST", self.rest_base_url + "/account/register-sender", json_body=payload)
+        return self._model(operation, SenderRegistration, body)
+
+    def retrieve_api_secrets(self, api_key: str | None = None) -> list[SecretInfo]:
+        operation = "retrieveAPISecrets"
+        body = self._call(operation, "GET", self._secrets_url(operation, api_key))
+        embedded = body.get("_embedded")
+        items = embedded.get("secrets") if isinstance(embedded, dict) else None
+        if not isinstance(items, list):
+            raise errors.UnreadableResponseError(
+                f"{operation}: answer has no _embedded.secrets list", operation=operation, status=200
+            )
+        return [self._model(operation, SecretInfo, item) for item in items]
+
+    def create_api_secret(self, secret: str | SecretStr, api_key: str | None = None) -> SecretInfo:
+        operation = "createAPISecret"
+        value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        violation = secret_rule_violation(value)
+        if violation:
+            raise errors.InvalidInputError("secret", violation, operation=operation)
+        body = self._call(operation, "POST", self._secrets_url(operation, api_key), json_body={"secret": value})
+        return self._model(operation, SecretInfo, body)
+
+    def retrieve_api_secret(self, secret_id: str, api_key: str | None = None) -> SecretInfo:
+        operation = "retrieveAPISecret"
+        url = self._secrets_url(operation, api_key, secret_id)
+        return self._model(operation, SecretInfo, self._call(operation, "GET", url))
+
+    def revoke_api_secret(self, secret_id: str, api_key: str | None = None) -> None:
+        operation = "revokeAPISecret"
+        self._call(operation, "DELETE", self._secrets_url(operation, api_key, secret_id))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _secrets_url(self, operation: str, api_key: str | None, secret_id: str | None = None) -> str:
+        key = api_key or self.api_key
+        if not _PATH_SEGMENT.match(key):
+            raise errors.InvalidInputError("api_key", "must be letters, digits, '-' or '_'", operation=operation)
+        url = f"{self.api_base_url}/accounts/{key}/secrets"
+        if secret_id is not None:
+            if not _PATH_SEGMENT.match(secret_id):
+                raise errors.InvalidInputError("secret_id", "must be letters, digits, '-' or '_'", operation=operation)
+            url += f"/{secret_id}"
+        return url
+
+    @staticmethod
+    def _model(operation: str, model: type[ModelT], body: dict[str, Any]) -> ModelT:
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_input=False)
+            )
+            raise errors.UnreadableResponseError(
+                f"{operation}: unexpected answer ({problems})", operation=operation, status=200, body=body
+            ) from None
+
+    def _call(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        form: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        opts = self.options
+        retryable = method == "GET"
+        deadline = time.monotonic() + opts.total_deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            error = self._attempt(operation, method, url, form, json_body, deadline)
+            if isinstance(error, dict):
+                return error
+            if not retryable or attempt >= opts.max_attempts or not _is_retryable(error):
+                raise error
+            delay = self._delay(attempt, error)
+            if delay is None or time.monotonic() + delay >= deadline:
+                raise error
+            time.sleep(delay)
+
+    def _delay(self, attempt: int, error: errors.AccountApiError) -> float | None:
+        opts = self.options
+        if isinstance(error, errors.RateLimitedError) and error.retry_after is not None:
+            # A long Retry-After is handed to the caller instead of sleeping through a Lambda.
+            return error.retry_after if error.retry_after <= opts.max_retry_after else None
+        return random.uniform(0, min(opts.backoff_cap, opts.backoff_base * 2 ** (attempt - 1)))  # noqa: S311 - jitter, not crypto
+
+    def _attempt(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        form: dict[str, str] | None,
+        json_body: dict[str, Any] | None,
+        deadline: float,
+    ) -> dict[str, Any] | errors.AccountApiError:
+        """One exchange: the parsed body on success, else the typed error (returned, not raised)."""
+        opts = self.options
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return errors.ApiTimeoutError(f"{operation}: deadline passed", operation=operation, request_sent=False)
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if form is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            response = self._session.request(
+                method,
+                url,
+                data=form,
+                json=json_body,
+                headers=headers,
+                auth=(self.api_key, self._secret.get_secret_value()),
+                timeout=(min(opts.connect_timeout, remaining), min(opts.read_timeout, remaining)),
+                allow_redirects=False,
+            )
+        except requests.ConnectTimeout:
+            return errors.ApiTimeoutError(f"{operation}: connect timed out", operation=operation, request_sent=False)
+        except requests.Timeout:
+            return errors.ApiTimeoutError(f"{operation}: no answer in time", operation=operation, request_sent=True)
+        except requests.RequestException as exc:
+            sent = not _never_connected(exc)
+            what = "connection lost" if sent else "could not connect"
+            return errors.TransportError(
+                f"{operation}: {what} ({type(exc).__name__})", operation=operation, request_sent=sent
+            )
+        try:
+            body = parse_body(response.content, response.headers.get("Content-Type", ""))
+        except (ValueError, SyntaxError):
+            if response.status_code >= 500:
+                return errors.ServerError(
+                    f"{operation}: HTTP {response.status_code}", operation=operation, status=response.status_code
+                )
+            return errors.UnreadableResponseError(
+                f"{operation}: HTTP {response.status_code} with an unreadable body",
+                operation=operation,
+                status=response.status_code,
+            )
+        except requests.RequestException:
+            return errors.TransportError(
+                f"{operation}: connection lost while reading", operation=operation, request_sent=True
+            )
+        return error_for(operation, response.status_code, body, response.headers) or body
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxies or .netrc credentials picked up from the environment
+    adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=8)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True when the failure happened while connecting, so the request never left."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NewConnectionError):
+            return True
+        reason = getattr(current, "reason", None)
+        nested = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        current = reason if isinstance(reason, BaseException) else nested or current.__cause__ or current.__context__
+    return False
+
+
+def _is_retryable(error: errors.AccountApiError) -> bool:
+    return isinstance(error, errors.TransportError | errors.ServerError | errors.RateLimitedError)

@@ -1,0 +1,74 @@
+"""Pydantic models of the Account API's answers, with pythonic names and the wire names as aliases."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+
+class _WireModel(BaseModel):
+    # Accept wire names and pythonic names; ignore fields Vonage may add later.
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class Balance(_WireModel):
+    value: float = Field(description="The balance of the account, in EUR")
+    auto_reload: bool = Field(alias="autoReload", description="Whether auto-reload is enabled")
+
+    @field_validator("value")
+    @classmethod
+    def _finite_and_not_negative(cls, value: float) -> float:
+        if math.isnan(value) or math.isinf(value):
+            raise ValueError("balance is not a finite number")
+        if value < 0:
+            raise ValueError("balance is negative")
+        return value
+
+
+class TopUpResult(_WireModel):
+    error_code: str = Field(alias="error-code")
+    error_code_label: str = Field(default="", alias="error-code-label")
+
+
+class AccountSettings(_WireModel):
+    mo_callback_url: str | None = Field(default=None, alias="mo-callback-url")
+    dr_callback_url: str | None = Field(default=None, alias="dr-callback-url")
+    max_outbound_request: int | None = Field(default=None, alias="max-outbound-request")
+    max_inbound_request: int | None = Field(default=None, alias="max-inbound-request")
+    max_calls_per_second: int | None = Field(default=None, alias="max-calls-per-second")
+
+
+class SenderRegistration(_WireModel):
+    value: str
+    provider: str = "email"
+    name: str | None = None
+    application_ids: list[str] = Field(default_factory=list)
+
+
+class SecretInfo(_WireModel):
+    id: str
+    created_at: datetime
+
+
+class Credentials(BaseModel):
+    """What the Vonage secret in Secrets Manager holds. Extra fields are kept so that rotation
+    can carry them over untouched."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, hide_input_in_errors=True)
+
+    api_key: str = Field(min_length=1)
+    api_secret: SecretStr
+    secret_id: str | None = None
+    topup_trx: SecretStr | None = None
+
+    def to_secret_string(self) -> str:
+        """The JSON stored in Secrets Manager, with the real values (never log this)."""
+        import json
+
+        data = self.model_dump(exclude_none=True)
+        data["api_secret"] = self.api_secret.get_secret_value()
+        if self.topup_trx is not None:
+            data["topup_trx"] = self.topup_trx.get_secret_value()
+        return json.dumps(data, sort_keys=True)

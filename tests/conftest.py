@@ -1,0 +1,191 @@
+"""Shared fixtures: the Vonage simulator over loopback, moto for AWS, and a guard that refuses every
+connection to an address that is not loopback, so no test can send a packet off this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+import socket
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Lambda-like environment for everything imported by the tests.
+os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "AccountOps")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "account-ops")
+os.environ.pop("AWS_ENDPOINT_URL", None)
+
+from local import simulator as sim_module  # noqa: E402
+
+# -- no packet leaves loopback ----------------------------------------------------------------
+
+BLOCKED_CONNECTS: list[Any] = []
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _allowed(sock: socket.socket, address: Any) -> bool:
+    if sock.family == socket.AF_UNIX:
+        return True
+    host = address[0] if isinstance(address, tuple) else address
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    if not _allowed(self, address):
+        BLOCKED_CONNECTS.append(address)
+        raise ConnectionRefusedError(f"test guard: refused a connection to non-loopback {address!r}")
+    _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
+    if not _allowed(self, address):
+        BLOCKED_CONNECTS.append(address)
+        return 111  # ECONNREFUSED
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_left_loopback() -> Iterator[None]:
+    before = len(BLOCKED_CONNECTS)
+    yield
+    assert BLOCKED_CONNECTS[before:] == [], "a test tried to connect to a non-loopback address"
+
+
+# -- the Vonage simulator ---------------------------------------------------------------------
+
+
+class Sim:
+    """A running simulator plus helpers for its /_sim/ control surface."""
+
+    def __init__(self, server: sim_module.SimulatorServer) -> None:
+        self.server = server
+        self.url = server.url
+        self.state = server.state
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read() or b"null")
+
+    def fault(self, operation: str, **fault: Any) -> None:
+        self.control("POST", "/_sim/faults", {"operation": operation, **fault})
+
+    def requests(self, operation: str | None = None) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.control("GET", "/_sim/requests")["requests"]
+        return [e for e in entries if operation is None or e["operation"] == operation]
+
+    def set(self, **values: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.control("POST", "/_sim/state", values)
+        return result
+
+    def public_state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.control("GET", "/_sim/state")
+        return result
+
+    def account(self, api_key: str = sim_module.DEFAULT_API_KEY) -> dict[str, Any]:
+        result: dict[str, Any] = self.public_state()["accounts"][api_key]
+        return result
+
+
+@pytest.fixture
+def sim() -> Iterator[Sim]:
+    server = sim_module.start()
+    try:
+        yield Sim(server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def fast_options() -> Any:
+    from account_api import ClientOptions
+
+    return ClientOptions(connect_timeout=1.0, read_timeout=1.0, total_deadline=4.0, backoff_base=0.01, backoff_cap=0.05)
+
+
+@pytest.fixture
+def client(sim: Sim, fast_options: Any) -> Any:
+    from account_api import AccountClient
+
+    c = AccountClient(
+        api_key=sim_module.DEFAULT_API_KEY,
+        api_secret=sim_module.DEFAULT_API_SECRET,
+        rest_base_url=sim.url,
+        api_base_url=sim.url,
+        options=fast_options,
+    )
+    yield c
+    c.close()
+
+
+# -- AWS through moto -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+def vonage_secret_value(**overrides: Any) -> str:
+    data = {
+        "api_key": sim_module.DEFAULT_API_KEY,
+        "api_secret": sim_module.DEFAULT_API_SECRET,
+        "topup_trx": sim_module.DEFAULT_TRX,
+    }
+    data.update(overrides)
+    return json.dumps({k: v for k, v in data.items() if v is not None})
+
+
+@pytest.fixture
+def vonage_secret(aws: None, sim: Sim) -> str:
+    """The Vonage secret in moto's Secrets Manager, with the simulator's account in it."""
+    import boto3
+
+    sm = boto3.client("secretsmanager")
+    arn: str = sm.create_secret(Name="account-ops/vonage", SecretString=vonage_secret_value())["ARN"]
+    return arn
+
+
+def load_handler(function: str) -> ModuleType:
+    """Import functions/<function>/app.py fresh, as Lambda would (its folder is the code root)."""
+    path = ROOT / "functions" / function / "app.py"
+    name = f"{function}_app"
+    sys.modules.pop(name, None)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_event(name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((ROOT / "events" / name).read_text())
+    return result
