@@ -19,7 +19,7 @@ export AWS_DEFAULT_REGION ?= eu-west-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help python venv test lint typecheck unit validate build local demo bench clean
+.PHONY: help python venv test lint typecheck unit validate build local demo bench clean openapi
 
 help:
 	@echo "make demo   - the whole system on the local stack (simulator + moto), scripted tour"
@@ -75,3 +75,6 @@ bench: $(STAMP) $(STAMP_SAM)
 
 clean:
 	rm -rf $(VENV) $(VENV_SAM) .aws-sam .mypy_cache .ruff_cache
+
+openapi: $(STAMP)
+	VONAGE_SECRET_ARN=unused $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json

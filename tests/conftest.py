@@ -61,6 +61,23 @@ def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
     return _real_connect_ex(self, address)
 
 
+_real_getaddrinfo = socket.getaddrinfo
+BLOCKED_LOOKUPS: list[str] = []
+
+
+def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    """Only loopback names and IP literals resolve: no DNS query ever leaves the machine."""
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    try:
+        ipaddress.ip_address(name.strip("[]").split("%")[0])
+    except ValueError:
+        if name not in ("localhost", "localhost.localdomain"):
+            BLOCKED_LOOKUPS.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, f"test guard: no DNS for {name!r}") from None
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _guarded_getaddrinfo
 socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
 
@@ -149,8 +166,12 @@ def client(sim: Sim, fast_options: Any) -> Any:
 def aws() -> Iterator[None]:
     from moto import mock_aws
 
+    from account_api import credentials
+
+    credentials._SM_CLIENT = None  # a client belongs to one moto context
     with mock_aws():
         yield
+    credentials._SM_CLIENT = None
 
 
 def vonage_secret_value(**overrides: Any) -> str:
@@ -189,3 +210,46 @@ def load_handler(function: str) -> ModuleType:
 def load_event(name: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((ROOT / "events" / name).read_text())
     return result
+
+
+class LambdaContext:
+    """What the Lambda runtime passes as context (the fields Powertools reads)."""
+
+    def __init__(self, function_name: str = "test-function") -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 256
+        self.invoked_function_arn = f"arn:aws:lambda:eu-west-1:123456789012:function:{function_name}"
+        self.aws_request_id = "11111111-2222-3333-4444-555555555555"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "2026/11/26/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+class JsonLogs:
+    """The JSON lines the Powertools Logger writes (its handler's stream is redirected here)."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.buffer.getvalue()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def json_logs() -> Iterator[JsonLogs]:
+    from account_api.observability import logger
+
+    logs = JsonLogs()
+    handler = logger.registered_handler
+    previous = handler.setStream(logs.buffer)  # type: ignore[attr-defined]
+    yield logs
+    handler.setStream(previous)  # type: ignore[attr-defined]

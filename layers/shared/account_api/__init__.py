@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackCheck, check_callback_url
     from .client import AccountClient, ClientOptions
     from .credentials import CredentialStore, CredentialsUnavailableError, VonageAccount
     from .errors import (
@@ -44,6 +45,7 @@ __all__ = [
     "AuthenticationError",
     "AutoReloadNotEnabledError",
     "Balance",
+    "CallbackCheck",
     "ClientOptions",
     "CredentialStore",
     "Credentials",
@@ -65,10 +67,13 @@ __all__ = [
     "TransportError",
     "UnreadableResponseError",
     "VonageAccount",
+    "check_callback_url",
 ]
 
 # Where each name lives; everything else in __all__ is an error class from .errors.
 _MODULES = {
+    "CallbackCheck": "callbacks",
+    "check_callback_url": "callbacks",
     "AccountClient": "client",
     "ClientOptions": "client",
     "CredentialStore": "credentials",

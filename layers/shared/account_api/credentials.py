@@ -8,6 +8,7 @@ the local stack reaches moto.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -36,8 +37,16 @@ def secrets_manager_client() -> Any:
         if _SM_CLIENT is None:
             import boto3  # deferred: only paths that need AWS pay for the import
 
+            quiet_aws_sdk_logs()
             _SM_CLIENT = boto3.client("secretsmanager")
         return _SM_CLIENT
+
+
+def quiet_aws_sdk_logs() -> None:
+    """botocore logs whole responses at DEBUG, GetSecretValue's SecretString included: pin the
+    SDK's loggers at WARNING so that no log level anywhere can make them print a secret."""
+    for name in ("botocore", "boto3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 _SM_CLIENT: Any = None

@@ -1,0 +1,80 @@
+"""The one place that maps domain errors to HTTP answers (RFC 7807 application/problem+json).
+
+Titles and details come from our own words and Vonage's labels, never from a credential.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    """An HTTP answer decided by the service layer (bad input it found, a conflict...)."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return body
+
+
+def problem_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, problem body, extra headers) for any exception a route may raise."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, ApiProblem):
+        return exc.status, problem(exc.status, exc.title, exc.detail, **exc.extra), headers
+    if isinstance(exc, errors.InvalidInputError):
+        return (
+            422,
+            problem(
+                422,
+                "Invalid input",
+                str(exc),
+                invalid_params=[{"name": exc.field, "reason": exc.field_reason}],
+            ),
+            headers,
+        )
+    if isinstance(exc, errors.RateLimitedError):
+        retry = int(exc.retry_after) if exc.retry_after is not None else 30
+        headers["Retry-After"] = str(max(1, retry))
+        return 503, problem(503, "Vonage is rate limiting requests", "Try again later.", retry_after=retry), headers
+    if isinstance(exc, errors.AuthenticationError):
+        return (
+            502,
+            problem(
+                502,
+                "Vonage rejected the stored credentials",
+                "The API key and secret in Secrets Manager were refused, also after re-reading them.",
+            ),
+            headers,
+        )
+    if isinstance(exc, errors.SecretNotFoundError):
+        return 404, problem(404, "Not Found", "No API secret with that id."), headers
+    if isinstance(exc, errors.InvalidRequestError):
+        return 422, problem(422, "Vonage refused the request", exc.reason, vonage_status=exc.status), headers
+    if isinstance(exc, errors.ApiTimeoutError):
+        return 504, problem(504, "Vonage did not answer in time", f"{exc.operation} timed out."), headers
+    if isinstance(exc, errors.AccountApiError):
+        # Credentials unavailable, 5xx, unreadable answers, transport failures, unexpected 4xx.
+        return 502, problem(502, "Upstream failure", _upstream_detail(exc)), headers
+    return 500, problem(500, "Internal error", "The request failed; see the function's logs."), headers
+
+
+def _upstream_detail(exc: errors.AccountApiError) -> str:
+    from .credentials import CredentialsUnavailableError
+
+    if isinstance(exc, CredentialsUnavailableError):
+        return f"Vonage credentials unavailable: {exc.message}"
+    status = f" (HTTP {exc.status})" if exc.status else ""
+    return f"{exc.operation or 'Vonage'} failed{status}: {exc.reason}"

@@ -1,0 +1,187 @@
+"""The settings API's logic: callback URLs read and changed safely, balance, secrets, senders.
+
+Each function takes and returns pydantic models; the handler only parses events and shapes answers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .callbacks import CallbackCheck, CallbackChecker
+from .client import MAX_URL_LENGTH, callback_url_violation
+from .credentials import VonageAccount, secrets_manager_client
+from .models import AccountSettings
+from .observability import logger
+from .problems import ApiProblem
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
+
+
+class SettingsChangeRequest(_ApiModel):
+    """Body of PUT /settings: either URL or both; an empty string unsets that URL."""
+
+    mo_callback_url: str | None = Field(
+        default=None, alias="moCallbackUrl", max_length=MAX_URL_LENGTH, description="Inbound SMS webhook"
+    )
+    dr_callback_url: str | None = Field(
+        default=None, alias="drCallbackUrl", max_length=MAX_URL_LENGTH, description="Delivery receipt webhook"
+    )
+
+    @field_validator("mo_callback_url", "dr_callback_url")
+    @classmethod
+    def _url_shaped(cls, value: str | None) -> str | None:
+        if value is not None:
+            violation = callback_url_violation(value)
+            if violation:
+                raise ValueError(violation)
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.mo_callback_url is None and self.dr_callback_url is None:
+            raise ValueError("give moCallbackUrl, drCallbackUrl or both")
+        return self
+
+    def changes(self) -> dict[str, str]:
+        """API field name -> new value, for the fields given."""
+        given = {"moCallbackUrl": self.mo_callback_url, "drCallbackUrl": self.dr_callback_url}
+        return {name: value for name, value in given.items() if value is not None}
+
+
+class SettingsView(BaseModel):
+    moCallbackUrl: str | None = None
+    drCallbackUrl: str | None = None
+    maxOutboundRequest: int | None = None
+    maxInboundRequest: int | None = None
+    maxCallsPerSecond: int | None = None
+
+    @classmethod
+    def of(cls, settings: AccountSettings) -> SettingsView:
+        return cls(
+            moCallbackUrl=settings.mo_callback_url,
+            drCallbackUrl=settings.dr_callback_url,
+            maxOutboundRequest=settings.max_outbound_request,
+            maxInboundRequest=settings.max_inbound_request,
+            maxCallsPerSecond=settings.max_calls_per_second,
+        )
+
+
+class SettingsChangeResult(BaseModel):
+    settings: SettingsView
+    checks: dict[str, CallbackCheck]
+
+
+class BalanceView(BaseModel):
+    value: float
+    currency: str = "EUR"
+    autoReload: bool
+
+
+class SecretView(BaseModel):
+    id: str
+    createdAt: datetime
+    current: bool = Field(description="Whether this is the secret stored as AWSCURRENT")
+
+
+class SecretsView(BaseModel):
+    secrets: list[SecretView]
+
+
+class SenderRequest(_ApiModel):
+    value: str = Field(min_length=3, max_length=254, description="Email address of the sender")
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    applicationIds: list[str] | None = Field(default=None, max_length=50)
+
+
+class SenderView(BaseModel):
+    value: str
+    provider: str
+    name: str | None = None
+    applicationIds: list[str]
+
+
+class RotationStarted(BaseModel):
+    rotation: str = "started"
+    versionId: str | None = None
+
+
+def read_settings(account: VonageAccount) -> SettingsView:
+    return SettingsView.of(account.call(lambda c: c.change_account_settings()))
+
+
+def change_settings(
+    account: VonageAccount, change: SettingsChangeRequest, checker: CallbackChecker, caller: str
+) -> SettingsChangeResult:
+    """Check every new URL (at once); only when all pass, send the change to Vonage in one call."""
+    new = change.changes()
+    to_check = {name: url for name, url in new.items() if url}
+    checks = dict(zip(to_check, checker.check_all(list(to_check.values())), strict=True))
+    failed = {name: check for name, check in checks.items() if not check.ok}
+    if failed:
+        raise ApiProblem(
+            422,
+            "Callback URL check failed",
+            "; ".join(f"{name}: {check.reason} ({check.detail})" for name, check in failed.items()),
+            invalid_params=[
+                {"name": name, "reason": check.reason, "detail": check.detail} for name, check in failed.items()
+            ],
+            checks={name: check.model_dump() for name, check in checks.items()},
+        )
+    before = account.call(lambda c: c.change_account_settings())
+    after = account.call(
+        lambda c: c.change_account_settings(
+            mo_callback_url=change.mo_callback_url, dr_callback_url=change.dr_callback_url
+        )
+    )
+    logger.info(
+        "account settings changed",
+        caller=caller,
+        old={"moCallbackUrl": before.mo_callback_url, "drCallbackUrl": before.dr_callback_url},
+        new={"moCallbackUrl": after.mo_callback_url, "drCallbackUrl": after.dr_callback_url},
+    )
+    return SettingsChangeResult(settings=SettingsView.of(after), checks=checks)
+
+
+def read_balance(account: VonageAccount) -> BalanceView:
+    balance = account.call(lambda c: c.get_account_balance())
+    return BalanceView(value=balance.value, autoReload=balance.auto_reload)
+
+
+def list_secrets(account: VonageAccount) -> SecretsView:
+    current = account.credentials().secret_id
+    secrets = account.call(lambda c: c.retrieve_api_secrets())
+    return SecretsView(secrets=[SecretView(id=s.id, createdAt=s.created_at, current=s.id == current) for s in secrets])
+
+
+def get_secret(account: VonageAccount, secret_id: str) -> SecretView:
+    secret = account.call(lambda c: c.retrieve_api_secret(secret_id))
+    return SecretView(id=secret.id, createdAt=secret.created_at, current=secret.id == account.credentials().secret_id)
+
+
+def register_sender(account: VonageAccount, request: SenderRequest) -> SenderView:
+    sender = account.call(lambda c: c.register_sender(request.value, request.name, request.applicationIds))
+    return SenderView(
+        value=sender.value, provider=sender.provider, name=sender.name, applicationIds=sender.application_ids
+    )
+
+
+def request_rotation(secret_arn: str, sm: Any = None) -> RotationStarted:
+    """Ask Secrets Manager to rotate now, through the configured rotation function, so Secrets
+    Manager and Vonage never drift apart. A rotation already running is a 409."""
+    sm = sm or secrets_manager_client()
+    try:
+        response = sm.rotate_secret(SecretId=secret_arn)
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        if code == "InvalidRequestException":
+            raise ApiProblem(
+                409, "Rotation not possible now", "A rotation is already in progress or rotation is not configured."
+            ) from None
+        raise ApiProblem(502, "Secrets Manager refused the rotation", f"RotateSecret failed ({code}).") from None
+    logger.info("rotation requested", version_id=response.get("VersionId"))
+    return RotationStarted(versionId=response.get("VersionId"))

@@ -1,0 +1,295 @@
+"""The settings API handler, fed API Gateway events from events/, talking to the simulator over
+loopback and to Secrets Manager through moto."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+
+from local import simulator as simmod
+from local import webhooks
+from tests.conftest import ROOT, JsonLogs, LambdaContext, Sim, load_event, load_handler, vonage_secret_value
+
+
+@pytest.fixture
+def hooks() -> Iterator[webhooks.WebhookServer]:
+    server = webhooks.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def api(vonage_secret: str, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setenv("VONAGE_SECRET_ARN", vonage_secret)
+    monkeypatch.setenv("VONAGE_REST_BASE_URL", sim.url)
+    monkeypatch.setenv("VONAGE_API_BASE_URL", sim.url)
+    monkeypatch.setenv("UNSAFE_CALLBACK_ALLOW_HOSTS", "localhost")
+    return load_handler("settings_api")
+
+
+def call(api: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    response = api.lambda_handler(event, LambdaContext("settings-api"))
+    headers = response.get("headers") or {}
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        headers.setdefault(name, values[0])
+    return response["statusCode"], headers, json.loads(response["body"]) if response.get("body") else None
+
+
+def with_body(event_name: str, body: Any) -> dict[str, Any]:
+    event = load_event(event_name)
+    event["body"] = body if isinstance(body, str) else json.dumps(body)
+    return event
+
+
+def request(method: str, path: str, body: Any = None) -> dict[str, Any]:
+    event = load_event("settings_get_settings.json")
+    event.update(
+        httpMethod=method,
+        path=path,
+        resource=path,
+        body=body if body is None or isinstance(body, str) else json.dumps(body),
+    )
+    event["requestContext"].update(httpMethod=method, resourcePath=path)
+    return event
+
+
+def test_get_settings(api: ModuleType, sim: Sim) -> None:
+    status, headers, body = call(api, load_event("settings_get_settings.json"))
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert body["moCallbackUrl"] == "" and body["maxCallsPerSecond"] == 30
+    assert sim.requests("changeAccountSettings")  # read with an empty POST
+
+
+def test_put_settings_checks_then_changes(
+    api: ModuleType, sim: Sim, hooks: webhooks.WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = with_body(
+        "settings_put_settings.json", {"moCallbackUrl": f"{hooks.url}/ok", "drCallbackUrl": f"{hooks.url}/ok"}
+    )
+    status, _, body = call(api, event)
+    assert status == 200, body
+    assert body["settings"]["moCallbackUrl"] == f"{hooks.url}/ok"
+    assert body["checks"]["moCallbackUrl"]["ok"] is True and body["checks"]["drCallbackUrl"]["status"] == 200
+    assert sim.account()["dr_callback_url"] == f"{hooks.url}/ok"
+
+
+def test_change_is_logged_with_caller_and_old_and_new_values(
+    api: ModuleType, sim: Sim, hooks: webhooks.WebhookServer, json_logs: JsonLogs
+) -> None:
+    call(api, with_body("settings_put_settings.json", {"drCallbackUrl": f"{hooks.url}/ok"}))
+    [changed] = [entry for entry in json_logs.entries() if entry.get("message") == "account settings changed"]
+    assert changed["caller"] == "arn:aws:iam::123456789012:user/ops-alice"
+    assert changed["old"]["drCallbackUrl"] == "" and changed["new"]["drCallbackUrl"] == f"{hooks.url}/ok"
+    assert changed["correlation_id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+
+def test_unset_needs_no_check(api: ModuleType, sim: Sim) -> None:
+    sim.state.accounts[simmod.DEFAULT_API_KEY].dr_callback_url = "https://old.example.com/dr"
+    status, _, body = call(api, load_event("settings_put_settings_unset.json"))
+    assert status == 200
+    assert body["settings"]["drCallbackUrl"] == "" and body["checks"] == {}
+
+
+def test_a_dead_url_is_refused_before_vonage_sees_it(api: ModuleType, sim: Sim, hooks: webhooks.WebhookServer) -> None:
+    event = with_body(
+        "settings_put_settings.json", {"moCallbackUrl": f"{hooks.url}/ok", "drCallbackUrl": f"{hooks.url}/missing"}
+    )
+    status, headers, body = call(api, event)
+    assert status == 422 and headers["Content-Type"] == "application/problem+json"
+    assert body["title"] == "Callback URL check failed"
+    assert body["invalid_params"] == [
+        {"name": "drCallbackUrl", "reason": "status", "detail": "answered 404, expected 200"}
+    ]
+    assert body["checks"]["moCallbackUrl"]["ok"] is True
+    assert len(sim.requests("changeAccountSettings")) == 0  # all or nothing
+    assert sim.account()["mo_callback_url"] == ""
+
+
+def test_an_internal_address_is_refused_as_blocked(api: ModuleType, sim: Sim) -> None:
+    status, _, body = call(
+        api, with_body("settings_put_settings.json", {"moCallbackUrl": "https://169.254.169.254/latest"})
+    )
+    assert status == 422
+    assert body["invalid_params"][0]["reason"] == "ip_literal_not_allowed"
+    status, _, body = call(api, with_body("settings_put_settings.json", {"moCallbackUrl": "https://localhost:443/x"}))
+    assert status == 422 and body["invalid_params"][0]["name"] == "moCallbackUrl"
+    assert sim.requests("changeAccountSettings") == []
+
+
+def test_vonage_refusing_the_change_is_reported_with_its_reason(
+    api: ModuleType, sim: Sim, hooks: webhooks.WebhookServer
+) -> None:
+    # Our check passes (first fetch answers 200) but Vonage's own fetch gets a 404.
+    status, _, body = call(api, with_body("settings_put_settings.json", {"moCallbackUrl": f"{hooks.url}/once"}))
+    assert status == 422
+    assert body["title"] == "Vonage refused the request"
+    assert "answered 404" in body["detail"]
+    assert hooks.hits == ["/once", "/once"]
+    assert sim.account()["mo_callback_url"] == ""
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ("{not json", 400, None),
+        ({"moCallbackUrl": 42}, 422, "moCallbackUrl"),
+        ({"moCallbackUrl": "https://hooks.example.com/x", "extra": 1}, 422, "extra"),
+        ({}, 422, "body"),
+        ({"drCallbackUrl": "not a url"}, 422, "drCallbackUrl"),
+        ({"drCallbackUrl": "https://hooks.example.com/" + "a" * 2050}, 422, "drCallbackUrl"),
+        ([1, 2], 422, "body"),
+        ({"moCallbackUrl": "x" * 9000}, 413, None),
+    ],
+)
+def test_bad_input_is_a_problem_naming_the_field(
+    api: ModuleType, sim: Sim, body: Any, status: int, field: str | None
+) -> None:
+    got, headers, problem = call(api, with_body("settings_put_settings.json", body))
+    assert got == status, problem
+    assert headers["Content-Type"] == "application/problem+json"
+    assert problem["status"] == status and problem["title"] and problem["detail"]
+    if field:
+        assert field in [p["name"] for p in problem["invalid_params"]]
+    assert sim.requests("changeAccountSettings") == []
+
+
+def test_get_balance(api: ModuleType, sim: Sim) -> None:
+    sim.set(balance=7.25, auto_reload=False)
+    status, _, body = call(api, load_event("settings_get_balance.json"))
+    assert (status, body) == (200, {"value": 7.25, "currency": "EUR", "autoReload": False})
+
+
+def test_secrets_are_ids_and_times_never_values(api: ModuleType, sim: Sim, vonage_secret: str) -> None:
+    [current_id] = sim.account()["secret_ids"]
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=vonage_secret, SecretString=vonage_secret_value(secret_id=current_id)
+    )
+    status, _, body = call(api, load_event("settings_get_secrets.json"))
+    assert status == 200
+    assert body["secrets"][0]["id"] == current_id and body["secrets"][0]["current"] is True
+    assert set(body["secrets"][0]) == {"id", "createdAt", "current"}
+    event = load_event("settings_get_secret.json")
+    event["path"] = f"/secrets/{current_id}"
+    event["pathParameters"] = {"secret_id": current_id}
+    status, _, one = call(api, event)
+    assert status == 200 and one["id"] == current_id
+    status, _, missing = call(api, load_event("settings_get_secret.json"))
+    assert status == 404 and missing["title"] == "Not Found"
+
+
+def test_register_sender(api: ModuleType, sim: Sim) -> None:
+    status, _, body = call(api, load_event("settings_post_sender.json"))
+    assert status == 201
+    assert body == {
+        "value": "alerts@example.com",
+        "provider": "email",
+        "name": "alerts",
+        "applicationIds": ["6ec9eb7de1d34e77ac2c0ad597c9554a"],
+    }
+    status, _, problem = call(api, with_body("settings_post_sender.json", {"value": "nope"}))
+    assert status == 422 and problem["invalid_params"][0]["name"] == "value"
+
+
+def test_rotate_answers_202_through_secrets_manager(api: ModuleType, vonage_secret: str) -> None:
+    status, _, body = call(api, load_event("settings_post_rotate.json"))
+    assert status == 202 and body["rotation"] == "started"
+    versions = boto3.client("secretsmanager").list_secret_version_ids(SecretId=vonage_secret)["Versions"]
+    assert body["versionId"] in {v["VersionId"] for v in versions}
+
+
+def test_rotate_refused_by_secrets_manager_is_a_problem(api: ModuleType, vonage_secret: str) -> None:
+    boto3.client("secretsmanager").delete_secret(SecretId=vonage_secret, ForceDeleteWithoutRecovery=True)
+    status, headers, body = call(api, load_event("settings_post_rotate.json"))
+    assert status == 502 and headers["Content-Type"] == "application/problem+json"
+    assert body["title"] == "Secrets Manager refused the rotation"
+
+
+def test_unknown_route_and_wrong_method(api: ModuleType) -> None:
+    status, headers, body = call(api, request("GET", "/nope"))
+    assert status == 404 and headers["Content-Type"] == "application/problem+json"
+    status, headers, body = call(api, request("DELETE", "/settings"))
+    assert status == 405 and headers["Allow"] == "GET, PUT"
+    assert body["title"] == "Method not allowed"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "title"),
+    [
+        ({"status": 500, "times": 3}, 502, "Upstream failure"),
+        ({"status": 429, "retry_after": 60}, 503, "Vonage is rate limiting requests"),
+        ({"latency": 2.5, "times": 3}, 504, "Vonage did not answer in time"),
+        ({"body": "malformed"}, 502, "Upstream failure"),
+    ],
+)
+def test_vonage_failures_map_to_problems_never_500(
+    api: ModuleType, sim: Sim, fault: dict[str, Any], status: int, title: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from account_api import ClientOptions
+
+    api.account.options = ClientOptions(read_timeout=0.5, total_deadline=2.0, backoff_base=0.01)
+    sim.fault("getAccountBalance", **fault)
+    got, headers, body = call(api, load_event("settings_get_balance.json"))
+    assert (got, body["title"]) == (status, title)
+    if status == 503:
+        assert headers["Retry-After"] == "60"
+
+
+def test_bad_credentials_are_a_502_after_one_refresh(api: ModuleType, sim: Sim, vonage_secret: str) -> None:
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=vonage_secret, SecretString=vonage_secret_value(api_secret="Wrong-Secret-1")
+    )
+    status, _, body = call(api, load_event("settings_get_balance.json"))
+    assert (status, body["title"]) == (502, "Vonage rejected the stored credentials")
+    assert len(sim.requests("getAccountBalance")) == 2
+
+
+def test_no_secret_in_logs_or_answers(
+    api: ModuleType,
+    sim: Sim,
+    hooks: webhooks.WebhookServer,
+    json_logs: JsonLogs,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    answers = [
+        call(api, load_event(name))
+        for name in (
+            "settings_get_settings.json",
+            "settings_get_balance.json",
+            "settings_get_secrets.json",
+            "settings_post_rotate.json",
+        )
+    ]
+    answers.append(call(api, with_body("settings_put_settings.json", {"moCallbackUrl": f"{hooks.url}/ok"})))
+    sim.fault("getAccountBalance", status=500, times=3)
+    answers.append(call(api, load_event("settings_get_balance.json")))
+    text = json_logs.text + capfd.readouterr().out + caplog.text + json.dumps(answers)
+    assert "account settings changed" in text
+    for secret in (simmod.DEFAULT_API_SECRET, simmod.DEFAULT_TRX, "Authorization"):
+        assert secret not in text
+
+
+def test_every_route_has_an_event_file() -> None:
+    names = {p.name for p in (ROOT / "events").glob("settings_*.json")}
+    for route in (
+        "get_settings",
+        "put_settings",
+        "get_balance",
+        "get_secrets",
+        "get_secret",
+        "post_rotate",
+        "post_sender",
+    ):
+        assert f"settings_{route}.json" in names
+
+
+def test_openapi_document_is_current(api: ModuleType) -> None:
+    committed = json.loads((ROOT / "functions" / "settings_api" / "openapi.json").read_text())
+    assert committed == json.loads(api.openapi_document()), "run: make openapi"
