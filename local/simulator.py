@@ -98,6 +98,8 @@ class Fault:
     retry_after: int | None = None
     after: bool = False  # act first, then misbehave (the request took effect)
     times: int = 1
+    skip: int = 0  # let this many matching calls through first
+    problem: dict[str, Any] | None = None  # body to send with `status`
 
 
 @dataclass
@@ -236,7 +238,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             )
             faults = state.faults.get(operation) or []
             fault = faults[0] if faults else None
-            if fault:
+            if fault and fault.skip > 0:
+                fault.skip -= 1
+                fault = None
+            elif fault:
                 fault.times -= 1
                 if fault.times <= 0:
                     faults.pop(0)
@@ -266,7 +271,8 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             return True
         if fault.status:
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-            self._send(fault.status, _problem("#fault", "Injected fault", f"HTTP {fault.status}"), headers=headers)
+            body = fault.problem or _problem("#fault", "Injected fault", f"HTTP {fault.status}")
+            self._send(fault.status, body, headers=headers)
             return True
         return False
 

@@ -1,0 +1,57 @@
+"""Secrets Manager's rotation trigger, without Docker.
+
+moto's Secrets Manager starts a rotation (a new version staged AWSPENDING) and invokes the
+rotation function's four steps through its Lambda backend, which runs functions in Docker. This
+module lets it call a Python callable instead, in-process, for the local stack and the tests.
+`reattempt` retries a rotation that failed, with the same token, as Secrets Manager does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
+Invoke = Callable[[dict[str, Any]], Any]
+
+
+def install(functions: dict[str, Invoke]) -> Callable[[], None]:
+    """Route moto Lambda invocations of the given function ARNs to callables; returns an undo."""
+    from moto.awslambda.models import LambdaBackend
+
+    original_get, original_invoke = LambdaBackend.get_function, LambdaBackend.invoke
+
+    def get_function(self: Any, name: str, qualifier: str | None = None) -> Any:
+        return name if name in functions else original_get(self, name, qualifier)
+
+    def invoke(self: Any, name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> Any:
+        if name not in functions:
+            return original_invoke(self, name, qualifier, body, headers, response_headers)
+        functions[name](json.loads(body))
+        return b""
+
+    LambdaBackend.get_function = get_function  # type: ignore[method-assign,assignment]
+    LambdaBackend.invoke = invoke  # type: ignore[method-assign,assignment]
+
+    def undo() -> None:
+        LambdaBackend.get_function = original_get  # type: ignore[method-assign,assignment]
+        LambdaBackend.invoke = original_invoke  # type: ignore[method-assign,assignment]
+
+    return undo
+
+
+def pending_token(sm: Any, secret_id: str) -> str | None:
+    """The version staged AWSPENDING (also when a finishSecret that died left it on AWSCURRENT)."""
+    versions = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})
+    return next((v for v, stages in versions.items() if "AWSPENDING" in stages), None)
+
+
+def reattempt(sm: Any, secret_id: str, invoke: Invoke) -> bool:
+    """Run the four steps again for the rotation left pending; False when none is pending."""
+    token = pending_token(sm, secret_id)
+    if token is None:
+        return False
+    for step in STEPS:
+        invoke({"Step": step, "SecretId": secret_id, "ClientRequestToken": token})
+    return True
