@@ -19,8 +19,26 @@ Invoke = Callable[[dict[str, Any]], Any]
 def install(functions: dict[str, Invoke]) -> Callable[[], None]:
     """Route moto Lambda invocations of the given function ARNs to callables; returns an undo."""
     from moto.awslambda.models import LambdaBackend
+    from moto.secretsmanager.models import SecretsManagerBackend
 
     original_get, original_invoke = LambdaBackend.get_function, LambdaBackend.invoke
+    original_rotate = SecretsManagerBackend.rotate_secret
+
+    def rotate_secret(
+        self: Any,
+        secret_id: str,
+        client_request_token: str | None = None,
+        rotation_lambda_arn: str | None = None,
+        rotation_rules: dict[str, Any] | None = None,
+        rotate_immediately: bool = True,
+    ) -> Any:
+        # Like Secrets Manager, RotateSecret without a function ARN uses the configured one (moto forgets it).
+        secret: Any = self.secrets[secret_id] if self._is_valid_identifier(secret_id) else None
+        if rotation_lambda_arn is None and secret is not None:
+            rotation_lambda_arn = getattr(secret, "rotation_lambda_arn", "") or None
+        return original_rotate(
+            self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
+        )
 
     def get_function(self: Any, name: str, qualifier: str | None = None) -> Any:
         return name if name in functions else original_get(self, name, qualifier)
@@ -33,8 +51,10 @@ def install(functions: dict[str, Invoke]) -> Callable[[], None]:
 
     LambdaBackend.get_function = get_function  # type: ignore[method-assign,assignment]
     LambdaBackend.invoke = invoke  # type: ignore[method-assign,assignment]
+    SecretsManagerBackend.rotate_secret = rotate_secret  # type: ignore[method-assign]
 
     def undo() -> None:
+        SecretsManagerBackend.rotate_secret = original_rotate  # type: ignore[method-assign]
         LambdaBackend.get_function = original_get  # type: ignore[method-assign,assignment]
         LambdaBackend.invoke = original_invoke  # type: ignore[method-assign,assignment]
 

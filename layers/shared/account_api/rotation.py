@@ -200,7 +200,12 @@ class Rotator:
             raise RotationError("the pending Vonage secret does not exist: cancel this rotation and rotate again")
 
     def _testSecret(self, arn: str, token: str) -> None:
-        self._check_authenticates(self._pending(arn, token), "AWSPENDING")
+        # Also Secrets Manager's configuration test (RotateImmediately=false), which stages a copy
+        # of the current value as AWSPENDING and calls only this step: test whatever is pending.
+        pending = self._read(arn, version_id=token)
+        if pending is None:
+            raise RotationError("the AWSPENDING version holds no value: createSecret has not completed")
+        self._check_authenticates(pending, "AWSPENDING")
         metrics.add_metric(name="RotationTested", unit=MetricUnit.Count, value=1)
 
     def _finishSecret(self, arn: str, token: str) -> None:

@@ -153,14 +153,15 @@ def read_balance(account: VonageAccount) -> BalanceView:
 
 
 def list_secrets(account: VonageAccount) -> SecretsView:
-    current = account.credentials().secret_id
+    current = account.credentials(force=True).secret_id  # fresh: a rotation may have just finished
     secrets = account.call(lambda c: c.retrieve_api_secrets())
     return SecretsView(secrets=[SecretView(id=s.id, createdAt=s.created_at, current=s.id == current) for s in secrets])
 
 
 def get_secret(account: VonageAccount, secret_id: str) -> SecretView:
     secret = account.call(lambda c: c.retrieve_api_secret(secret_id))
-    return SecretView(id=secret.id, createdAt=secret.created_at, current=secret.id == account.credentials().secret_id)
+    current = account.credentials(force=True).secret_id
+    return SecretView(id=secret.id, createdAt=secret.created_at, current=secret.id == current)
 
 
 def register_sender(account: VonageAccount, request: SenderRequest) -> SenderView:

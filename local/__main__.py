@@ -1,0 +1,115 @@
+"""python -m local up | demo | invoke FUNCTION -e EVENT"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from local.stack import FUNCTIONS, ROOT, STATE_FILE, LocalStack, StackOptions
+
+INVOKE_SNIPPET = """
+import json, sys
+sys.path[:0] = [{layer!r}, {root!r}]
+from local.stack import LambdaContext, load_function
+event = json.load(open({event!r}))
+result = load_function({function!r}).lambda_handler(event, LambdaContext({function!r}))
+print("RESULT " + json.dumps(result))
+"""
+
+
+def up(args: argparse.Namespace) -> int:
+    options = StackOptions(api_port=args.port, tick_seconds=args.tick, topup_lag=args.topup_lag)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
+        signal.signal(signum, lambda *_: stop.set())
+    with LocalStack(options) as stack:
+        print(stack.banner(), flush=True)
+        stop.wait()
+        print("\nstopping the local stack", flush=True)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from local import demo as tour
+
+    log = ROOT / "local-demo.log"
+    started = time.monotonic()
+    print(f"account-ops demo on the local stack (handler logs: {log.name})", flush=True)
+    with open(log, "w") as sink:
+        real_stdout = sys.stdout
+        sys.stdout = sink  # the handlers' JSON logs go to the log file
+        try:
+            stack = LocalStack(
+                StackOptions(
+                    api_port=0,
+                    simulator_port=0,
+                    moto_port=0,
+                    webhook_port=0,
+                    tick_seconds=1.0,
+                    topup_lag=3.0,
+                    state_file=None,
+                    quiet=False,
+                )
+            )
+            with stack:
+                checks = tour.run(stack, say=lambda line: print(line, file=real_stdout, flush=True))
+        finally:
+            sys.stdout = real_stdout
+    passed = sum(ok for _, ok, _ in checks)
+    print(f"\nsummary: {passed} of {len(checks)} checks passed in {time.monotonic() - started:.1f} s")
+    for name, ok, _ in checks:
+        print(f"  [{'x' if ok else ' '}] {name}")
+    return 0 if passed == len(checks) else 1
+
+
+def invoke(args: argparse.Namespace) -> int:
+    if not STATE_FILE.exists():
+        print("no local stack is running: start it with `make local` (in another terminal) first", file=sys.stderr)
+        return 2
+    state = json.loads(STATE_FILE.read_text())
+    env = {**os.environ, **state["env"]}
+    code = INVOKE_SNIPPET.format(
+        layer=str(ROOT / "layers" / "shared"),
+        root=str(ROOT),
+        event=str(Path(args.event).resolve()),
+        function=args.function,
+    )
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    logs = [line for line in completed.stdout.splitlines() if not line.startswith("RESULT ")]
+    result = [line[7:] for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    for line in logs:
+        print(line, file=sys.stderr)
+    if completed.returncode != 0 or not result:
+        print(completed.stderr, file=sys.stderr)
+        return 1
+    print(json.dumps(json.loads(result[0]), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local", description="account-ops on one machine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the local stack until Ctrl-C")
+    p_up.add_argument("--port", type=int, default=3000, help="local API Gateway port")
+    p_up.add_argument("--tick", type=float, default=10.0, help="seconds between balance watcher runs")
+    p_up.add_argument("--topup-lag", type=float, default=5.0, help="seconds before a top-up shows in the balance")
+    p_up.set_defaults(run=up)
+    p_demo = sub.add_parser("demo", help="run the scripted tour and exit 0 only if every step behaved")
+    p_demo.set_defaults(run=demo)
+    p_invoke = sub.add_parser("invoke", help="run one handler in a fresh process with an event (like sam local invoke)")
+    p_invoke.add_argument("function", choices=FUNCTIONS)
+    p_invoke.add_argument("-e", "--event", required=True, help="event file, e.g. events/balance_watcher_scheduled.json")
+    p_invoke.set_defaults(run=invoke)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The scripted tour of `make demo`: every step must behave, or the demo exits non-zero."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from local.stack import LocalStack
+
+Check = tuple[str, bool, str]
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def run(stack: LocalStack, say: Callable[[str], None] = print) -> list[Check]:
+    api, sim, hooks = stack.api_url, stack.sim.url, stack.hooks.url
+    checks: list[Check] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append((name, ok, detail))
+        say(f"  {'ok ' if ok else 'FAIL'} {name}: {detail}")
+
+    say("1. read settings and balance")
+    status, settings = http("GET", f"{api}/settings")
+    check("GET /settings", status == 200 and "moCallbackUrl" in settings, f"{status} {settings}")
+    status, balance = http("GET", f"{api}/balance")
+    check("GET /balance", status == 200 and balance["value"] >= stack.options.threshold, f"{status} {balance}")
+
+    say("2. set good callback URLs")
+    good = {"moCallbackUrl": f"{hooks}/ok", "drCallbackUrl": f"{hooks}/ok"}
+    status, body = http("PUT", f"{api}/settings", good)
+    accepted = status == 200 and body["settings"]["drCallbackUrl"] == good["drCallbackUrl"]
+    check("PUT good URLs", accepted and all(c["ok"] for c in body["checks"].values()), f"{status}, both checks passed")
+
+    say("3. try a dead URL and an internal address")
+    status, body = http("PUT", f"{api}/settings", {"drCallbackUrl": f"{hooks}/missing"})
+    reason = (body.get("invalid_params") or [{}])[0].get("reason")
+    check("PUT dead URL refused", status == 422 and reason == "status", f"{status} {reason}: {body.get('detail')}")
+    status, body = http("PUT", f"{api}/settings", {"drCallbackUrl": "https://169.254.169.254/latest/meta-data/"})
+    reason = (body.get("invalid_params") or [{}])[0].get("reason")
+    blocked = status == 422 and reason in ("ip_literal_not_allowed", "blocked_address")
+    check("PUT internal address refused", blocked, f"{status} {reason}: {body.get('detail')}")
+    _, settings = http("GET", f"{api}/settings")
+    check(
+        "settings unchanged by refusals", settings["drCallbackUrl"] == good["drCallbackUrl"], settings["drCallbackUrl"]
+    )
+
+    say("4. drain the balance: exactly one top-up, then the balance recovers after the lag")
+    http("DELETE", f"{sim}/_sim/requests")
+    http("POST", f"{sim}/_sim/state", {"balance": 3.0})
+
+    def topups() -> int:
+        return len(
+            [r for r in http("GET", f"{sim}/_sim/requests")[1]["requests"] if r["operation"] == "topUpAccountBalance"]
+        )
+
+    check("a top-up is sent", wait_for(lambda: topups() >= 1, 4 * stack.options.tick_seconds + 5), f"{topups()} sent")
+    recovered = wait_for(
+        lambda: http("GET", f"{api}/balance")[1]["value"] >= stack.options.threshold,
+        stack.options.topup_lag + 4 * stack.options.tick_seconds + 5,
+    )
+    _, balance = http("GET", f"{api}/balance")
+    check("balance recovered", recovered, f"{balance['value']} EUR")
+    ticks = stack.ticks
+    wait_for(lambda: stack.ticks >= ticks + 2, 4 * stack.options.tick_seconds + 5)
+    check("exactly one top-up", topups() == 1, f"{topups()} top-up request(s) over {stack.ticks} scheduler runs")
+
+    say("5. rotate the secret")
+    _, before = http("GET", f"{api}/secrets")
+    status, started = http("POST", f"{api}/secrets/rotate")
+    check("POST /secrets/rotate", status == 202, f"{status} {started}")
+    _, after = http("GET", f"{api}/secrets")
+    old = next(s["id"] for s in before["secrets"] if s["current"])
+    new = next((s["id"] for s in after["secrets"] if s["current"]), None)
+    check("new secret is current", new is not None and new != old, f"{old[:8]}... -> {str(new)[:8]}...")
+    check("new secret works", _new_secret_works(stack), "authenticated get-balance with the rotated value")
+    status, balance = http("GET", f"{api}/balance")
+    check("API still answers", status == 200, f"{status} {balance}")
+    return checks
+
+
+def _new_secret_works(stack: LocalStack) -> bool:
+    import boto3
+
+    from account_api import AccountClient
+
+    value = json.loads(
+        boto3.client("secretsmanager").get_secret_value(SecretId=stack.resources.secret_arn, VersionStage="AWSCURRENT")[
+            "SecretString"
+        ]
+    )
+    client = AccountClient(api_key=value["api_key"], api_secret=value["api_secret"], rest_base_url=stack.sim.url)
+    return value["api_secret"] != "Sim-Secret-0001" and client.get_account_balance().value >= 0

@@ -1,0 +1,390 @@
+"""The whole system on one machine, no AWS account and no Docker.
+
+- the Vonage simulator (one account: balance, auto-reload on, a known trx);
+- moto's server on loopback, with the Vonage secret, and the tables and topic of template.yaml;
+- a local API Gateway that turns HTTP requests into REST API proxy events for the settings
+  handler (IAM auth replaced by a loudly logged local identity);
+- a scheduler firing the balance watcher with EventBridge Scheduler-shaped events;
+- Secrets Manager's rotation trigger calling the rotation handler (local/rotation_trigger.py);
+- webhook receivers on loopback (200 and 404) for callback URLs.
+
+The handlers run unchanged: only environment variables differ from a deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "layers" / "shared") not in sys.path:  # the layer, as Lambda puts it on the path
+    sys.path.insert(0, str(ROOT / "layers" / "shared"))
+
+from local import aws_resources, rotation_trigger, webhooks  # noqa: E402
+from local import simulator as simmod  # noqa: E402
+
+STATE_FILE = Path(os.environ.get("ACCOUNT_OPS_LOCAL_STATE") or ROOT / ".local-stack.json")
+REGION = "eu-west-1"
+ROTATION_ARN = f"arn:aws:lambda:{REGION}:000000000000:function:account-ops-secret-rotation"
+LOCAL_IDENTITY = "arn:aws:iam::000000000000:user/local-developer"
+FUNCTIONS = ("settings_api", "balance_watcher", "secret_rotation")
+
+
+@dataclass
+class StackOptions:
+    api_port: int = 3000
+    simulator_port: int = 8700
+    moto_port: int = 5001
+    webhook_port: int = 8701
+    tick_seconds: float = 10.0
+    balance: float = 25.0
+    topup_lag: float = 5.0
+    threshold: float = 10.0
+    topup_cooldown_minutes: int = 1
+    state_file: Path | None = STATE_FILE
+    quiet: bool = False
+
+
+def load_function(name: str) -> ModuleType:
+    """Import functions/<name>/app.py as Lambda would (its folder is the code root)."""
+    module_name = f"local_{name}_app"
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "functions" / name / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class LambdaContext:
+    def __init__(self, function: str) -> None:
+        self.function_name = f"account-ops-{function.replace('_', '-')}"
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 256
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:000000000000:function:{self.function_name}"
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = "local"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def proxy_event(method: str, raw_path: str, headers: dict[str, str], body: bytes, source_ip: str) -> dict[str, Any]:
+    """A REST API (v1) proxy event, as API Gateway builds it for `ANY /{proxy+}` on stage v1."""
+    url = urllib.parse.urlsplit(raw_path)
+    path = url.path[3:] if url.path.startswith("/v1/") else url.path
+    query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+    request_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": dict(headers),
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "resourceId": "local",
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "extendedRequestId": request_id,
+            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "path": "/v1" + path,
+            "accountId": "000000000000",
+            "protocol": "HTTP/1.1",
+            "stage": "v1",
+            "domainPrefix": "local",
+            "requestTimeEpoch": int(now.timestamp() * 1000),
+            "requestId": request_id,
+            "identity": {
+                "accountId": "000000000000",
+                "caller": "LOCAL",
+                "sourceIp": source_ip,
+                "userArn": LOCAL_IDENTITY,
+                "user": "LOCAL",
+                "userAgent": headers.get("User-Agent", ""),
+                "accessKey": None,
+                "cognitoIdentityPoolId": None,
+                "cognitoIdentityId": None,
+                "cognitoAuthenticationType": None,
+                "cognitoAuthenticationProvider": None,
+                "principalOrgId": None,
+            },
+            "domainName": "127.0.0.1",
+            "apiId": "local",
+        },
+        "body": body.decode() if body else None,
+        "isBase64Encoded": False,
+    }
+
+
+class ApiGatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, log: Any) -> None:
+        super().__init__(address, _ApiGatewayHandler)
+        self.lambda_handler = handler
+        self.log = log
+
+
+class _ApiGatewayHandler(BaseHTTPRequestHandler):
+    server: ApiGatewayServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _proxy(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        event = proxy_event(self.command, self.path, dict(self.headers.items()), body, self.client_address[0])
+        try:
+            response = self.server.lambda_handler(event, LambdaContext("settings_api"))
+        except Exception as exc:  # what API Gateway answers when the integration fails
+            self.server.log(f"api: {self.command} {event['path']} -> 502 (handler raised {type(exc).__name__})")
+            response = {
+                "statusCode": 502,
+                "headers": {"Content-Type": "application/json"},
+                "body": json.dumps({"message": "Internal server error"}),
+            }
+        payload = (response.get("body") or "").encode()
+        self.send_response(int(response["statusCode"]))
+        headers = dict(response.get("headers") or {})
+        for name, values in (response.get("multiValueHeaders") or {}).items():
+            headers.setdefault(name, values[-1])
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, str(value))
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.server.log(
+            f"api: {self.command} {event['path']} as {LOCAL_IDENTITY} (local identity, no IAM) -> {response['statusCode']}"
+        )
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _proxy
+
+
+@dataclass
+class LocalStack:
+    options: StackOptions = field(default_factory=StackOptions)
+    env: dict[str, str] = field(default_factory=dict)
+    handlers: dict[str, ModuleType] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _cleanup: list[Any] = field(default_factory=list)
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
+    ticks: int = 0
+
+    def log(self, line: str) -> None:
+        if not self.options.quiet:
+            print(line, flush=True)
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        o = self.options
+        self.sim = simmod.start(simmod.new_state(balance=o.balance, topup_lag=o.topup_lag), port=o.simulator_port)
+        self._cleanup.append(self._stop_server(self.sim))
+        self.hooks = webhooks.start(port=o.webhook_port)
+        self._cleanup.append(self.hooks.close)
+
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log of moto's server
+        # The three handlers share one process (and one Metrics) here: a nested invocation can flush
+        # another's metrics, which Powertools then warns about. In Lambda each has its own process.
+        warnings.filterwarnings("ignore", message="No application metrics to publish")
+
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=o.moto_port, verbose=False)
+        self.moto.start()
+        self._cleanup.append(self.moto.stop)
+        host, port = self.moto.get_host_and_port()
+        self.moto_url = f"http://{host}:{port}"
+        # moto's backends live in this process: a new stack starts from nothing
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.moto_url}/moto-api/reset", method="POST"), timeout=10
+        ).close()
+
+        self._apply_env(
+            {
+                "AWS_ENDPOINT_URL": self.moto_url,
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_LAMBDA_FUNCTION_NAME": "",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_NAMESPACE": "AccountOps",
+                "POWERTOOLS_SERVICE_NAME": "account-ops",
+            }
+        )
+        import boto3
+
+        session = boto3.Session(region_name=REGION)
+        [first_id] = [s.id for s in self.sim.state.accounts[simmod.DEFAULT_API_KEY].secrets]
+        secret = json.dumps(
+            {
+                "api_key": simmod.DEFAULT_API_KEY,
+                "api_secret": simmod.DEFAULT_API_SECRET,
+                "secret_id": first_id,
+                "topup_trx": simmod.DEFAULT_TRX,
+            }
+        )
+        self.resources = aws_resources.create_resources(session, secret)
+        self._apply_env(
+            {
+                "VONAGE_SECRET_ARN": self.resources.secret_arn,
+                "VONAGE_REST_BASE_URL": self.sim.url,
+                "VONAGE_API_BASE_URL": self.sim.url,
+                "UNSAFE_CALLBACK_ALLOW_HOSTS": "localhost",
+                "BALANCE_THRESHOLD_EUR": str(o.threshold),
+                "TOPUP_COOLDOWN_MINUTES": str(o.topup_cooldown_minutes),
+                "ALERT_COOLDOWN_MINUTES": "360",
+                "DAILY_TOPUP_CAP": "10",
+                "DRY_RUN": "false",
+                "STATE_TABLE": self.resources.tables["WatcherStateTable"],
+                "HISTORY_TABLE": self.resources.tables["TopUpHistoryTable"],
+                "ALERT_TOPIC_ARN": self.resources.topic_arn,
+            }
+        )
+        self.read_alerts = aws_resources.sqs_messages_of_topic(session, self.resources.topic_arn)
+        from account_api import credentials
+
+        credentials._SM_CLIENT = None  # clients are built for this stack's endpoint
+        self.handlers = {name: load_function(name) for name in FUNCTIONS}
+
+        rotate = self.handlers["secret_rotation"].lambda_handler
+        self._cleanup.append(
+            rotation_trigger.install({ROTATION_ARN: lambda e: rotate(e, LambdaContext("secret_rotation"))})
+        )
+        # Configure rotation like the template's RotationSchedule, without rotating now.
+        session.client("secretsmanager").rotate_secret(
+            SecretId=self.resources.secret_arn,
+            RotationLambdaARN=ROTATION_ARN,
+            RotationRules={"AutomaticallyAfterDays": 30},
+            RotateImmediately=False,
+        )
+
+        self.api = ApiGatewayServer(("127.0.0.1", o.api_port), self.handlers["settings_api"].lambda_handler, self.log)
+        threading.Thread(target=self.api.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        self._cleanup.append(self._stop_server(self.api))
+        self.api_url = f"http://127.0.0.1:{self.api.server_address[1]}/v1"
+        threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
+        self._write_state()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for undo in reversed(self._cleanup):
+            with contextlib.suppress(Exception):
+                undo()
+        self._cleanup.clear()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        from account_api import credentials
+
+        credentials._SM_CLIENT = None
+        if self.options.state_file and self.options.state_file.exists():
+            self.options.state_file.unlink()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _stop_server(server: Any) -> Any:
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return stop
+
+    def _apply_env(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        self.env.update(values)
+
+    def _write_state(self) -> None:
+        if self.options.state_file:
+            self.options.state_file.write_text(json.dumps({"env": self.env, "api_url": self.api_url}, indent=2))
+
+    # -- EventBridge Scheduler -----------------------------------------------------------------
+
+    def tick(self, scheduled: datetime | None = None) -> dict[str, Any]:
+        """One schedule firing, with the input the template's ScheduleV2 sends."""
+        scheduled = scheduled or datetime.now(UTC).replace(microsecond=0)
+        event = {
+            "scheduledTime": scheduled.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "executionId": str(uuid.uuid4()),
+            "attemptNumber": "1",
+            "scheduleArn": f"arn:aws:scheduler:{REGION}:000000000000:schedule/default/account-ops-balance-watcher",
+        }
+        self.ticks += 1
+        result: dict[str, Any] = self.handlers["balance_watcher"].lambda_handler(
+            event, LambdaContext("balance_watcher")
+        )
+        self.log(
+            f"scheduler: balance watcher at {event['scheduledTime']} -> {result['outcome']} (balance {result.get('balance')})"
+        )
+        return result
+
+    def _scheduler(self) -> None:
+        period = self.options.tick_seconds
+        while not self._stop.wait(period - (time.time() % period)):
+            try:
+                self.tick(datetime.fromtimestamp(round(time.time() / period) * period, UTC))
+            except Exception as exc:  # an async invocation that failed: Lambda would retry; here, log
+                self.log(f"scheduler: balance watcher failed: {type(exc).__name__}: {exc}")
+
+    # -- what runs where -----------------------------------------------------------------------
+
+    def banner(self) -> str:
+        api = self.api_url
+        return f"""
+account-ops local stack
+  WARNING: IAM authorisation is replaced by the fixed local identity below. Local use only.
+  settings API (API Gateway)   {api}      IAM auth replaced by the local identity {LOCAL_IDENTITY}
+  Vonage simulator             {self.sim.url}   control surface {self.sim.url}/_sim/state
+  AWS (moto server)            {self.moto_url}   secret {self.resources.secret_arn}
+  balance watcher              every {self.options.tick_seconds:g} s (threshold {self.options.threshold:g} EUR, top-up lag {self.options.topup_lag:g} s)
+  webhook receivers            {self.hooks.url}/ok (answers 200)   {self.hooks.url}/missing (answers 404)
+
+Try:
+  curl -s {api}/settings
+  curl -s {api}/balance
+  curl -s -X PUT {api}/settings -H 'Content-Type: application/json' -d '{{"moCallbackUrl": "{self.hooks.url}/ok"}}'
+  curl -s -X PUT {api}/settings -H 'Content-Type: application/json' -d '{{"drCallbackUrl": "{self.hooks.url}/missing"}}'
+  curl -s -X PUT {api}/settings -H 'Content-Type: application/json' -d '{{"drCallbackUrl": "https://169.254.169.254/latest"}}'
+  curl -s -X POST {self.sim.url}/_sim/state -d '{{"balance": 3}}'      # drain: watch one top-up
+  curl -s -X POST {api}/secrets/rotate && curl -s {api}/secrets
+  .venv/bin/python -m local invoke balance_watcher -e events/balance_watcher_scheduled.json
+Ctrl-C stops everything.
+"""

@@ -1,0 +1,141 @@
+"""The embedded default: the whole system on one machine (simulator, moto's server, local API
+Gateway, scheduler, rotation trigger), the demo's scenario, and `python -m local invoke`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local import demo
+from local.stack import LOCAL_IDENTITY, LocalStack, StackOptions, proxy_event
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state = tmp_path_factory.mktemp("local") / "state.json"
+    options = StackOptions(
+        api_port=0,
+        simulator_port=0,
+        moto_port=0,
+        webhook_port=0,
+        tick_seconds=1.0,
+        topup_lag=2.0,
+        state_file=state,
+        quiet=True,
+    )
+    with LocalStack(options) as running:
+        yield running
+
+
+def test_the_demo_scenario_passes(stack: LocalStack) -> None:
+    lines: list[str] = []
+    checks = demo.run(stack, say=lines.append)
+    failed = [(name, detail) for name, ok, detail in checks if not ok]
+    assert failed == []
+    assert len(checks) == 13
+    assert any("exactly one top-up" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("function", "event", "expect"),
+    [
+        ("balance_watcher", "balance_watcher_scheduled.json", lambda r: r["outcome"] in ("ok", "duplicate")),
+        ("settings_api", "settings_get_settings.json", lambda r: r["statusCode"] == 200),
+        ("settings_api", "settings_get_balance.json", lambda r: r["statusCode"] == 200),
+        ("settings_api", "settings_get_secrets.json", lambda r: r["statusCode"] == 200),
+        ("settings_api", "settings_get_secret.json", lambda r: r["statusCode"] == 404),  # the sample id is not ours
+        ("settings_api", "settings_post_sender.json", lambda r: r["statusCode"] == 201),
+        ("settings_api", "settings_put_settings_unset.json", lambda r: r["statusCode"] == 200),
+    ],
+)
+def test_invoke_runs_a_handler_in_a_fresh_process(stack: LocalStack, function: str, event: str, expect: object) -> None:
+    env = {**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(stack.options.state_file)}
+    for name in ("AWS_ENDPOINT_URL", "VONAGE_SECRET_ARN"):
+        env.pop(name, None)  # everything comes from the running stack's state file
+    completed = subprocess.run(
+        [sys.executable, "-m", "local", "invoke", function, "-e", str(ROOT / "events" / event)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert expect(result), result  # type: ignore[operator]
+
+
+def test_invoke_without_a_running_stack_says_so(tmp_path: Path) -> None:
+    env = {**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(tmp_path / "none.json")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "local", "invoke", "balance_watcher", "-e", "events/balance_watcher_scheduled.json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "make local" in completed.stderr
+
+
+def test_local_api_gateway_serves_every_route(stack: LocalStack) -> None:
+    def call(method: str, path: str, body: object = None) -> tuple[int, str, dict[str, object]]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            stack.api_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.headers["Content-Type"], json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], json.loads(exc.read())
+
+    status, _, secrets = call("GET", "/secrets")
+    assert status == 200
+    current = secrets["secrets"][0]["id"]  # type: ignore[index]
+    assert call("GET", f"/secrets/{current}")[0] == 200
+    assert call("POST", "/senders", {"value": "ops@example.com"})[0] == 201
+    status, content_type, problem = call("DELETE", "/balance")
+    assert (status, content_type, problem["title"]) == (405, "application/problem+json", "Method not allowed")
+    assert call("PUT", "/settings", {"moCallbackUrl": 1})[0] == 422
+
+
+def test_proxy_events_are_shaped_like_api_gateway() -> None:
+    event = proxy_event(
+        "PUT", "/v1/settings?dry=1&a=b&a=c", {"Content-Type": "application/json"}, b'{"x": 1}', "127.0.0.1"
+    )
+    assert event["path"] == "/settings" and event["resource"] == "/{proxy+}"
+    assert event["pathParameters"] == {"proxy": "settings"}
+    assert event["queryStringParameters"] == {"dry": "1", "a": "c"}
+    assert event["multiValueQueryStringParameters"] == {"dry": ["1"], "a": ["b", "c"]}
+    assert event["requestContext"]["identity"]["userArn"] == LOCAL_IDENTITY
+    assert event["requestContext"]["stage"] == "v1" and event["body"] == '{"x": 1}'
+
+
+def test_the_stack_puts_the_environment_back(tmp_path: Path) -> None:
+    before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "VONAGE_SECRET_ARN", "STATE_TABLE")}
+    options = StackOptions(
+        api_port=0,
+        simulator_port=0,
+        moto_port=0,
+        webhook_port=0,
+        tick_seconds=60,
+        state_file=tmp_path / "s.json",
+        quiet=True,
+    )
+    with LocalStack(options) as running:
+        assert os.environ["AWS_ENDPOINT_URL"] == running.moto_url
+        assert (tmp_path / "s.json").exists()
+    assert {k: os.environ.get(k) for k in before} == before
+    assert not (tmp_path / "s.json").exists()
