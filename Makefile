@@ -63,8 +63,12 @@ unit: $(STAMP)
 
 test: lint typecheck validate unit
 
-build: $(STAMP_SAM)
-	PATH="$(dir $(PYTHON)):$$PATH" $(SAM) build --template template.yaml
+# sam build runs the layer's Makefile in a temporary folder, where a pyenv shim cannot see
+# .python-version: hand it the real interpreter, first on the PATH and as PYTHON.
+PYTHON_EXE = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+
+build: $(STAMP_SAM) | python
+	PATH="$(dir $(PYTHON_EXE)):$$PATH" PYTHON="$(PYTHON_EXE)" $(SAM) build --template template.yaml
 
 local: $(STAMP)
 	$(PY) -m local up
