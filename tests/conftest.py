@@ -27,6 +27,11 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "AccountOps")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "account-ops")
 os.environ.pop("AWS_ENDPOINT_URL", None)
+# A test's boto3 call that fails on purpose (a rotation with an injected fault) must not be re-sent.
+os.environ["AWS_MAX_ATTEMPTS"] = "1"
+# The tests' own boto3 calls (setting secrets up) would log secret strings at DEBUG.
+for _name in ("botocore", "boto3"):
+    __import__("logging").getLogger(_name).setLevel(30)
 
 from local import simulator as sim_module  # noqa: E402
 
@@ -162,15 +167,30 @@ def client(sim: Sim, fast_options: Any) -> Any:
 # -- AWS through moto -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def aws() -> Iterator[None]:
-    from moto import mock_aws
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server on loopback: boto3 (the tests) and the layer's own AWS client both reach it
+    over HTTP through AWS_ENDPOINT_URL, as the local stack does."""
+    import logging
 
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from account_api import credentials
 
-    credentials._SM_CLIENT = None  # a client belongs to one moto context
-    with mock_aws():
-        yield
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    credentials._SM_CLIENT = None  # a client belongs to one endpoint
+    yield
     credentials._SM_CLIENT = None
 
 

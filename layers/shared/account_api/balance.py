@@ -146,9 +146,9 @@ class WatcherStore:
 
     def __init__(self, settings: WatcherSettings, ddb: Any = None) -> None:
         if ddb is None:
-            import boto3
+            from .aws import DynamoDBClient
 
-            ddb = boto3.client("dynamodb")
+            ddb = DynamoDBClient()
         self.ddb = ddb
         self.settings = settings
 
@@ -273,9 +273,9 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 class Alerts:
     def __init__(self, topic_arn: str, sns: Any = None) -> None:
         if sns is None:
-            import boto3
+            from .aws import SnsClient
 
-            sns = boto3.client("sns")
+            sns = SnsClient()
         self.sns = sns
         self.topic_arn = topic_arn
 

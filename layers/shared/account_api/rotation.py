@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from . import errors
 from .client import API_BASE_URL, REST_BASE_URL, AccountClient, ClientOptions
-from .credentials import parse_credentials, quiet_aws_sdk_logs
+from .credentials import parse_credentials, secrets_manager_client
 from .models import Credentials, SecretInfo
 from .observability import MetricUnit, logger, metrics
 
@@ -94,12 +94,7 @@ def _error_code(exc: Exception) -> str:
 
 class Rotator:
     def __init__(self, settings: RotationSettings, sm: Any = None, options: ClientOptions | None = None) -> None:
-        if sm is None:
-            import boto3
-
-            quiet_aws_sdk_logs()
-            sm = boto3.client("secretsmanager")
-        self.sm = sm
+        self.sm = sm or secrets_manager_client()
         self.settings = settings
         self.options = options or ClientOptions()
 
