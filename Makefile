@@ -15,11 +15,13 @@ PY := $(VENV)/bin/python
 SAM := $(VENV_SAM)/bin/sam
 STAMP := $(VENV)/.installed
 STAMP_SAM := $(VENV_SAM)/.installed
+VENV_BENCH := .venv-bench
+STAMP_BENCH := $(VENV_BENCH)/.installed
 export AWS_DEFAULT_REGION ?= eu-west-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help python venv test lint typecheck unit validate build local demo bench clean openapi
+.PHONY: help python venv test lint typecheck unit validate build local demo bench bench-quick clean openapi
 
 help:
 	@echo "make demo   - the whole system on the local stack (simulator + moto), scripted tour"
@@ -43,6 +45,12 @@ $(STAMP_SAM): requirements-sam.txt | python
 	$(VENV_SAM)/bin/python -m pip install --quiet -r requirements-sam.txt
 	@touch $@
 
+# The alternatives the benchmark compares against (Vonage SDK, X-Ray SDK): never in the layer.
+$(STAMP_BENCH): requirements-bench.txt | python
+	@test -x $(VENV_BENCH)/bin/python || $(PYTHON) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/python -m pip install --quiet -r requirements-bench.txt
+	@touch $@
+
 venv: $(STAMP) $(STAMP_SAM)
 
 lint: $(STAMP)
@@ -61,7 +69,8 @@ validate: $(STAMP_SAM)
 unit: $(STAMP)
 	$(PY) -m pytest
 
-test: lint typecheck validate unit
+# bench-quick: make bench runs (few repetitions, prints only); performance is never a pass/fail test here.
+test: lint typecheck validate unit bench-quick
 
 # sam build runs the layer's Makefile in a temporary folder, where a pyenv shim cannot see
 # .python-version: hand it the real interpreter, first on the PATH and as PYTHON.
@@ -76,11 +85,14 @@ local: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m local demo
 
-bench: $(STAMP) $(STAMP_SAM)
+bench: build $(STAMP) $(STAMP_BENCH)
 	$(PY) benchmarks/run.py
 
+bench-quick: build $(STAMP) $(STAMP_BENCH)
+	$(PY) benchmarks/run.py --quick
+
 clean:
-	rm -rf $(VENV) $(VENV_SAM) .aws-sam .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache benchmarks/.work
 
 openapi: $(STAMP)
 	VONAGE_SECRET_ARN=unused $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json

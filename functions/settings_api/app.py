@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from account_api import settings as service
 from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
-from account_api.observability import MetricUnit, logger, metrics
+from account_api.observability import logger, metrics
 from account_api.problems import PROBLEM_CONTENT_TYPE, problem, problem_for
 
 MAX_BODY_BYTES = 8 * 1024
@@ -132,7 +132,6 @@ def openapi_document() -> str:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    metrics.add_metric(name="ApiRequest", unit=MetricUnit.Count, value=1)
     if len(event.get("body") or "") > MAX_BODY_BYTES:  # before any parsing
         body = problem(413, "Body too large", f"The body must be at most {MAX_BODY_BYTES} bytes.")
         return {"statusCode": 413, "headers": {"Content-Type": PROBLEM_CONTENT_TYPE}, "body": json.dumps(body)}

@@ -7,10 +7,16 @@ traces by construction (nothing of ours is recorded there).
 
 from __future__ import annotations
 
+import warnings
+
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.metrics import Metrics, MetricUnit
 
 logger = Logger()
 metrics = Metrics()
+
+# An invocation that decided nothing worth a metric (a GET on the settings API) is normal; API
+# Gateway counts requests itself. Powertools would warn about the empty flush every time.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 __all__ = ["MetricUnit", "logger", "metrics"]

@@ -14,7 +14,7 @@ from .callbacks import CallbackCheck, CallbackChecker
 from .client import MAX_URL_LENGTH, callback_url_violation
 from .credentials import VonageAccount, secrets_manager_client
 from .models import AccountSettings
-from .observability import logger
+from .observability import MetricUnit, logger, metrics
 from .problems import ApiProblem
 
 
@@ -123,6 +123,7 @@ def change_settings(
     checks = dict(zip(to_check, checker.check_all(list(to_check.values())), strict=True))
     failed = {name: check for name, check in checks.items() if not check.ok}
     if failed:
+        metrics.add_metric(name="CallbackCheckFailed", unit=MetricUnit.Count, value=1)
         raise ApiProblem(
             422,
             "Callback URL check failed",
@@ -138,6 +139,7 @@ def change_settings(
             mo_callback_url=change.mo_callback_url, dr_callback_url=change.dr_callback_url
         )
     )
+    metrics.add_metric(name="SettingsChanged", unit=MetricUnit.Count, value=1)
     logger.info(
         "account settings changed",
         caller=caller,
