@@ -211,6 +211,12 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self.connection.close()
 
     def _dispatch(self) -> None:
+        try:
+            self._route()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a deadline, a test's fault)
+            self.close_connection = True
+
+    def _route(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if url.path.startswith("/_sim/"):
             self._control(url.path, self._read_body())

@@ -3,12 +3,10 @@ connection to an address that is not loopback, so no test can send a packet off 
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import os
 import socket
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ for _name in ("botocore", "boto3"):
     __import__("logging").getLogger(_name).setLevel(30)
 
 from local import simulator as sim_module  # noqa: E402
+from local.stack import LambdaContext  # noqa: E402, F401 - the context the tests hand to handlers
 
 # -- no packet leaves loopback ----------------------------------------------------------------
 
@@ -216,36 +215,14 @@ def vonage_secret(aws: None, sim: Sim) -> str:
 
 def load_handler(function: str) -> ModuleType:
     """Import functions/<function>/app.py fresh, as Lambda would (its folder is the code root)."""
-    path = ROOT / "functions" / function / "app.py"
-    name = f"{function}_app"
-    sys.modules.pop(name, None)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    from local.stack import load_function
+
+    return load_function(function)
 
 
 def load_event(name: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((ROOT / "events" / name).read_text())
     return result
-
-
-class LambdaContext:
-    """What the Lambda runtime passes as context (the fields Powertools reads)."""
-
-    def __init__(self, function_name: str = "test-function") -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 256
-        self.invoked_function_arn = f"arn:aws:lambda:eu-west-1:123456789012:function:{function_name}"
-        self.aws_request_id = "11111111-2222-3333-4444-555555555555"
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "2026/11/26/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 class JsonLogs:
