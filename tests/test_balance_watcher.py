@@ -362,3 +362,14 @@ def test_time_is_not_slept_through(stack: Stack) -> None:
     with pytest.raises(RateLimitedError):
         stack.watcher().run(run_at(0), now=ts(0))
     assert len(stack.sim.requests("getAccountBalance")) == 1
+
+
+def test_a_401_on_the_top_up_is_not_resent(stack: Stack) -> None:
+    stack.sim.set(balance=1.0)
+    stack.sim.fault(
+        "topUpAccountBalance", status=401, problem={"error-code": "401", "error-code-label": "authentication failed"}
+    )
+    result = stack.watcher().run(run_at(0), now=ts(0))
+    assert (result.outcome, result.detail) == (Outcome.TOPUP_FAILED, "AuthenticationError")
+    assert stack.topups() == 1  # one request per decision, even though a 401 means Vonage did not act
+    assert [a["subject"] for a in stack.read_alerts()] == ["Vonage top-up failed"]

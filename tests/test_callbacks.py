@@ -96,9 +96,9 @@ def hostile_urls(port: int) -> list[tuple[str, str]]:
         ("https://[0:0:0:0:0:0:0:1]/", "ip_literal_not_allowed"),
         ("https://[::ffff:127.0.0.1]/", "ip_literal_not_allowed"),
         ("https://[::ffff:7f00:1]/", "ip_literal_not_allowed"),
-        ("https://169.254.169.254/latest/meta-data/", "ip_literal_not_allowed"),
+        ("https://169.254.169.254/latest/meta-data/", "ip_literal_not_allowed"),  # hostile: refused before any connect
         ("https://[fd00:ec2::254]/", "ip_literal_not_allowed"),
-        ("https://10.0.0.1/", "ip_literal_not_allowed"),
+        ("https://10.0.0.1/", "ip_literal_not_allowed"),  # hostile: refused before any connect
         ("https://localhost/", "blocked_address"),
         (f"https://localhost:{port}/", "port_not_allowed"),
         # hostnames resolving to internal addresses (stubbed DNS)
@@ -174,7 +174,8 @@ def test_dns_answer_that_changes_between_lookups_is_resolved_once() -> None:
 
 def test_redirect_to_an_internal_address_is_not_followed(canary: webhooks.WebhookServer) -> None:
     checker = CallbackChecker(CallbackPolicy(timeout=2, allow_hosts=frozenset({"localhost"})))
-    result = checker.check(f"{canary.url}/redirect?to=http://169.254.169.254/latest/meta-data/")
+    hostile = "http://169.254.169.254/latest/meta-data/"  # never fetched: redirects are not followed
+    result = checker.check(f"{canary.url}/redirect?to={hostile}")
     assert (result.ok, result.reason, result.status) == (False, "redirect", 302)
     assert canary.hits == ["/redirect?to=http://169.254.169.254/latest/meta-data/"]
 

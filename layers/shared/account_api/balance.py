@@ -360,7 +360,7 @@ class BalanceWatcher:
         metrics.add_metric(name="TopUpSent", unit=MetricUnit.Count, value=1)
         logger.info("sending one top-up", balance=base["balance"])
         try:
-            self.account.call(lambda c: c.top_up_account_balance(trx))
+            self.account.call(lambda c: c.top_up_account_balance(trx), retry_on_401=False)
         except (errors.AutoReloadNotEnabledError, errors.TopUpRefusedError) as exc:
             self.store.record_lease_outcome(key, Outcome.TOPUP_REFUSED)
             self.store.note_alert(key, "topup", now)

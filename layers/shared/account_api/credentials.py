@@ -105,7 +105,6 @@ class VonageAccount:
 
     `call(fn)` runs `fn` with a client for the current credentials; when Vonage answers 401 it
     re-reads the secret once (it may have been rotated since it was cached) and retries once.
-    A 401 means Vonage did not act, so the retry is safe for every operation, top-up included.
     """
 
     def __init__(
@@ -145,6 +144,8 @@ class VonageAccount:
         creds = self.store.get(force=force_refresh)
         with self._lock:
             if self._client is None or self._client_for != creds:
+                if self._client is not None:
+                    self._client.close()
                 self._client = self.client_for(creds)
                 self._client_for = creds
             return self._client
@@ -159,8 +160,13 @@ class VonageAccount:
             options=self.options,
         )
 
-    def call(self, fn: Callable[[AccountClient], T]) -> T:
+    def call(self, fn: Callable[[AccountClient], T], *, retry_on_401: bool = True) -> T:
+        """`retry_on_401=False` for a money-moving call: it is sent once per decision, even though
+        a 401 means Vonage did not act; the secret is still re-read for the calls after it."""
         try:
             return fn(self.client())
         except errors.AuthenticationError:
-            return fn(self.client(force_refresh=True))
+            client = self.client(force_refresh=True)
+            if not retry_on_401:
+                raise
+            return fn(client)

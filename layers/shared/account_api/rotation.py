@@ -177,10 +177,8 @@ class Rotator:
         value = generate_secret(self.settings.secret_length)
         created = manager.create_api_secret(value, api_key=current.api_key)
         metrics.add_metric(name="RotationSecretCreated", unit=MetricUnit.Count, value=1)
-        fields = {**current.model_dump(exclude_none=True), **(current.model_extra or {})}
+        fields = json.loads(current.to_secret_string())  # everything else (topup_trx, ...) carried over
         fields.update(api_secret=value, secret_id=created.id, rotation_token=token, previous_secret_id=current_id)
-        if current.topup_trx is not None:
-            fields["topup_trx"] = current.topup_trx.get_secret_value()
         self.sm.put_secret_value(
             SecretId=arn, ClientRequestToken=token, SecretString=json.dumps(fields), VersionStages=["AWSPENDING"]
         )
