@@ -219,9 +219,7 @@ def measure(repeat: int, quick: bool) -> dict[str, Any]:
 
     layer, runtime = prepare(quick)
     results: dict[str, Any] = {"cold": {}, "memory": {}}
-    options = StackOptions(
-        api_port=0, simulator_port=0, moto_port=0, webhook_port=0, tick_seconds=86400, state_file=None, quiet=True
-    )
+    options = StackOptions.on_free_ports(tick_seconds=86400)
     with LocalStack(options) as stack, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         import boto3

@@ -46,18 +46,7 @@ def demo(args: argparse.Namespace) -> int:
         real_stdout = sys.stdout
         sys.stdout = sink  # the handlers' JSON logs go to the log file
         try:
-            stack = LocalStack(
-                StackOptions(
-                    api_port=0,
-                    simulator_port=0,
-                    moto_port=0,
-                    webhook_port=0,
-                    tick_seconds=1.0,
-                    topup_lag=3.0,
-                    state_file=None,
-                    quiet=False,
-                )
-            )
+            stack = LocalStack(StackOptions.on_free_ports(tick_seconds=1.0, topup_lag=3.0, quiet=False))
             with stack:
                 checks = tour.run(stack, say=lambda line: print(line, file=real_stdout, flush=True))
         finally:

@@ -58,6 +58,19 @@ class StackOptions:
     state_file: Path | None = STATE_FILE
     quiet: bool = False
 
+    @classmethod
+    def on_free_ports(cls, **overrides: Any) -> StackOptions:
+        """For the demo, tests and benchmarks: every server on a free port, no state file."""
+        values: dict[str, Any] = {
+            "api_port": 0,
+            "simulator_port": 0,
+            "moto_port": 0,
+            "webhook_port": 0,
+            "state_file": None,
+            "quiet": True,
+        }
+        return cls(**{**values, **overrides})
+
 
 def load_function(name: str) -> ModuleType:
     """Import functions/<name>/app.py as Lambda would (its folder is the code root)."""

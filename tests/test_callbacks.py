@@ -177,29 +177,30 @@ def test_redirect_to_an_internal_address_is_not_followed(canary: webhooks.Webhoo
     hostile = "http://169.254.169.254/latest/meta-data/"  # never fetched: redirects are not followed
     result = checker.check(f"{canary.url}/redirect?to={hostile}")
     assert (result.ok, result.reason, result.status) == (False, "redirect", 302)
-    assert canary.hits == ["/redirect?to=http://169.254.169.254/latest/meta-data/"]
+    assert canary.hits == [f"/redirect?to={hostile}"]
 
 
-@pytest.mark.parametrize(
-    "address",
-    [
-        "127.0.0.1",
-        "10.1.1.1",
-        "172.31.255.255",
-        "192.168.0.1",
-        "169.254.169.254",
-        "100.127.0.1",
-        "0.0.0.0",
-        "224.0.0.1",
-        "::1",
-        "fe80::1",
-        "fd00:ec2::254",
-        "::ffff:192.168.0.1",
-        "64:ff9b::7f00:1",
-        "2002:a00:1::1",
-        "::",
-    ],
-)
+# blocked addresses: only classified here, never connected to
+BLOCKED_ADDRESSES = [
+    "127.0.0.1",
+    "10.1.1.1",
+    "172.31.255.255",
+    "192.168.0.1",
+    "169.254.169.254",
+    "100.127.0.1",
+    "0.0.0.0",
+    "224.0.0.1",
+    "::1",
+    "fe80::1",
+    "fd00:ec2::254",
+    "::ffff:192.168.0.1",
+    "64:ff9b::7f00:1",
+    "2002:a00:1::1",
+    "::",
+]
+
+
+@pytest.mark.parametrize("address", BLOCKED_ADDRESSES)
 def test_internal_addresses_are_not_public(address: str) -> None:
     import ipaddress
 

@@ -21,16 +21,7 @@ from tests.conftest import ROOT
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("local") / "state.json"
-    options = StackOptions(
-        api_port=0,
-        simulator_port=0,
-        moto_port=0,
-        webhook_port=0,
-        tick_seconds=1.0,
-        topup_lag=2.0,
-        state_file=state,
-        quiet=True,
-    )
+    options = StackOptions.on_free_ports(tick_seconds=1.0, topup_lag=2.0, state_file=state)
     with LocalStack(options) as running:
         yield running
 
@@ -125,15 +116,7 @@ def test_proxy_events_are_shaped_like_api_gateway() -> None:
 
 def test_the_stack_puts_the_environment_back(tmp_path: Path) -> None:
     before = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "VONAGE_SECRET_ARN", "STATE_TABLE")}
-    options = StackOptions(
-        api_port=0,
-        simulator_port=0,
-        moto_port=0,
-        webhook_port=0,
-        tick_seconds=60,
-        state_file=tmp_path / "s.json",
-        quiet=True,
-    )
+    options = StackOptions.on_free_ports(tick_seconds=60, state_file=tmp_path / "s.json")
     with LocalStack(options) as running:
         assert os.environ["AWS_ENDPOINT_URL"] == running.moto_url
         assert (tmp_path / "s.json").exists()

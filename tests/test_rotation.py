@@ -19,7 +19,7 @@ from account_api.credentials import CredentialStore
 from account_api.rotation import RotationError, RotationEvent, RotationSettings, Rotator, generate_secret
 from local import rotation_trigger
 from local import simulator as simmod
-from tests.conftest import JsonLogs, LambdaContext, Sim, load_event, load_handler
+from tests.conftest import JsonLogs, LambdaContext, Sim, load_event, load_handler, vonage_secret_value
 
 ROTATION_ARN = "arn:aws:lambda:eu-west-1:123456789012:function:secret-rotation"
 FAST = ClientOptions(connect_timeout=0.5, read_timeout=0.4, total_deadline=2.0, backoff_base=0.01, backoff_cap=0.02)
@@ -58,16 +58,7 @@ class Harness:
         self.faulty = FaultySecretsManager(self.sm)
         [first_id] = sim.account()["secret_ids"]
         self.arn = self.sm.create_secret(
-            Name="account-ops/vonage",
-            SecretString=json.dumps(
-                {
-                    "api_key": simmod.DEFAULT_API_KEY,
-                    "api_secret": simmod.DEFAULT_API_SECRET,
-                    "secret_id": first_id,
-                    "topup_trx": simmod.DEFAULT_TRX,
-                    "note": "kept",
-                }
-            ),
+            Name="account-ops/vonage", SecretString=vonage_secret_value(secret_id=first_id, note="kept")
         )["ARN"]
         settings = RotationSettings(rest_base_url=sim.url, api_base_url=sim.url)
         self.rotator = Rotator(settings, sm=self.faulty, options=FAST)
@@ -383,17 +374,7 @@ def test_handler_from_its_events_and_no_secret_anywhere(
 ) -> None:
     sm = boto3.client("secretsmanager")
     [first_id] = sim.account()["secret_ids"]
-    arn = sm.create_secret(
-        Name="account-ops/vonage",
-        SecretString=json.dumps(
-            {
-                "api_key": simmod.DEFAULT_API_KEY,
-                "api_secret": simmod.DEFAULT_API_SECRET,
-                "secret_id": first_id,
-                "topup_trx": simmod.DEFAULT_TRX,
-            }
-        ),
-    )["ARN"]
+    arn = sm.create_secret(Name="account-ops/vonage", SecretString=vonage_secret_value(secret_id=first_id))["ARN"]
     monkeypatch.setenv("VONAGE_REST_BASE_URL", sim.url)
     monkeypatch.setenv("VONAGE_API_BASE_URL", sim.url)
     app = load_handler("secret_rotation")
