@@ -45,7 +45,7 @@ $(STAMP_SAM): requirements-sam.txt | python
 	$(VENV_SAM)/bin/python -m pip install --quiet -r requirements-sam.txt
 	@touch $@
 
-# The alternatives the benchmark compares against (Vonage SDK, X-Ray SDK): never in the layer.
+# The naive handler the benchmark compares against (Tracer, X-Ray SDK, Idempotency): never in the layer.
 $(STAMP_BENCH): requirements-bench.txt | python
 	@test -x $(VENV_BENCH)/bin/python || $(PYTHON) -m venv $(VENV_BENCH)
 	$(VENV_BENCH)/bin/python -m pip install --quiet -r requirements-bench.txt
@@ -66,7 +66,7 @@ typecheck: $(STAMP)
 validate: $(STAMP_SAM)
 	$(SAM) validate --lint --template template.yaml
 
-unit: $(STAMP)
+unit: $(STAMP) build  # the built layer is tested too (tests/test_built_layer.py)
 	$(PY) -m pytest
 
 # bench-quick: make bench runs (few repetitions, prints only); performance is never a pass/fail test here.

@@ -280,9 +280,9 @@ class LocalStack:
             }
         )
         self.read_alerts = aws_resources.sqs_messages_of_topic(session, self.resources.topic_arn)
-        from account_api import credentials
+        from account_api import aws_clients
 
-        credentials._SM_CLIENT = None  # clients are built for this stack's endpoint
+        aws_clients.reset()  # clients are built for this stack's endpoint
         self.handlers = {name: load_function(name) for name in FUNCTIONS}
 
         rotate = self.handlers["secret_rotation"].lambda_handler
@@ -316,9 +316,9 @@ class LocalStack:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        from account_api import credentials
+        from account_api import aws_clients
 
-        credentials._SM_CLIENT = None
+        aws_clients.reset()
         if self.options.state_file and self.options.state_file.exists():
             self.options.state_file.unlink()
 

@@ -184,13 +184,13 @@ def moto_server() -> Iterator[str]:
 
 @pytest.fixture
 def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from account_api import credentials
+    from account_api import aws_clients
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).close()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    credentials._SM_CLIENT = None  # a client belongs to one endpoint
+    aws_clients.reset()  # a client belongs to one endpoint
     yield
-    credentials._SM_CLIENT = None
+    aws_clients.reset()
 
 
 def vonage_secret_value(**overrides: Any) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from account_api import deadline
 from account_api.balance import BalanceWatcher, ScheduledRun
 from account_api.observability import logger, metrics
 
@@ -18,6 +19,7 @@ watcher = BalanceWatcher.from_environment()
 
 @logger.inject_lambda_context(correlation_id_path="executionId", log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
+@deadline.bounded()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = ScheduledRun.from_event(event)
     logger.append_keys(scheduled_time=run.key)

@@ -17,6 +17,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from account_api import deadline
 from account_api import settings as service
 from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
@@ -131,6 +132,7 @@ def openapi_document() -> str:
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
+@deadline.bounded(cap=deadline.API_GATEWAY_LIMIT_SECONDS)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if len(event.get("body") or "") > MAX_BODY_BYTES:  # before any parsing
         body = problem(413, "Body too large", f"The body must be at most {MAX_BODY_BYTES} bytes.")

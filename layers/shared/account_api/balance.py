@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from . import errors
-from .credentials import VonageAccount, read_credentials, secrets_manager_client
+from . import aws_clients, errors
+from .credentials import VonageAccount, read_credentials
 from .observability import MetricUnit, logger, metrics
 
 
@@ -144,29 +145,40 @@ class RunResult(BaseModel):
 class WatcherStore:
     """DynamoDB state: run claims, the top-up lease per account, alert state, and history."""
 
-    def __init__(self, settings: WatcherSettings, ddb: Any = None) -> None:
-        if ddb is None:
-            from .aws import DynamoDBClient
-
-            ddb = DynamoDBClient()
-        self.ddb = ddb
+    def __init__(self, settings: WatcherSettings) -> None:
         self.settings = settings
+
+    @property
+    def ddb(self) -> Any:
+        return aws_clients.client("dynamodb")
+
+    def _write_once(self, method: str, token_attribute: str, token: str, **kwargs: Any) -> bool:
+        """A conditional write that is True when it took effect. botocore retries a write whose
+        answer was lost, and the retry then fails its own condition: the item carries a token
+        unique to this write, read back from the failure, so our own earlier write still counts."""
+        try:
+            getattr(self.ddb, method)(ReturnValuesOnConditionCheckFailure="ALL_OLD", **kwargs)
+        except self.ddb.exceptions.ConditionalCheckFailedException as exc:
+            existing = exc.response.get("Item") or {}
+            return bool(existing.get(token_attribute, {}).get("S") == token)
+        return True
 
     def claim_run(self, account_key: str, run: ScheduledRun, now: float) -> bool:
         """True for the first delivery of this scheduled run, False for a duplicate."""
-        try:
-            self.ddb.put_item(
-                TableName=self.settings.state_table,
-                Item={
-                    "pk": {"S": f"run#{account_key}#{run.key}"},
-                    "claimed_at": {"N": str(int(now))},
-                    "expires_at": {"N": str(int(now) + 2 * 86400)},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self.ddb.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        token = uuid.uuid4().hex
+        return self._write_once(
+            "put_item",
+            "claim_token",
+            token,
+            TableName=self.settings.state_table,
+            Item={
+                "pk": {"S": f"run#{account_key}#{run.key}"},
+                "claimed_at": {"N": str(int(now))},
+                "expires_at": {"N": str(int(now) + 2 * 86400)},
+                "claim_token": {"S": token},
+            },
+            ConditionExpression="attribute_not_exists(pk)",
+        )
 
     def lease(self, account_key: str) -> dict[str, Any]:
         item = self.ddb.get_item(
@@ -185,6 +197,7 @@ class WatcherStore:
         if count >= self.settings.daily_topup_cap:
             return Outcome.SKIPPED_DAILY_CAP
         version = int(current.get("version", 0))
+        token = uuid.uuid4().hex
         item = {
             "pk": {"S": f"lease#{account_key}"},
             "lease_until": {"N": str(now + self.settings.topup_cooldown_minutes * 60)},
@@ -193,19 +206,18 @@ class WatcherStore:
             "version": {"N": str(version + 1)},
             "last_outcome": {"S": "pending"},
             "taken_at": {"N": str(now)},
+            "lease_token": {"S": token},
         }
         condition = "attribute_not_exists(pk)" if not current else "version = :v"
         values = {} if not current else {":v": {"N": str(version)}}
-        try:
-            kwargs: dict[str, Any] = {
-                "TableName": self.settings.state_table,
-                "Item": item,
-                "ConditionExpression": condition,
-            }
-            if values:
-                kwargs["ExpressionAttributeValues"] = values
-            self.ddb.put_item(**kwargs)
-        except self.ddb.exceptions.ConditionalCheckFailedException:
+        kwargs: dict[str, Any] = {
+            "TableName": self.settings.state_table,
+            "Item": item,
+            "ConditionExpression": condition,
+        }
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        if not self._write_once("put_item", "lease_token", token, **kwargs):
             return Outcome.SKIPPED_COOLDOWN  # another run took it a moment ago
         return None
 
@@ -221,18 +233,18 @@ class WatcherStore:
         """One alert per kind and episode (re-sent after the alert cooldown); concurrent runs
         race on a conditional write and only the winner sends."""
         cutoff = now - self.settings.alert_cooldown_minutes * 60
-        try:
-            self.ddb.update_item(
-                TableName=self.settings.state_table,
-                Key={"pk": {"S": f"alert#{account_key}"}},
-                UpdateExpression="SET #k = :now",
-                ConditionExpression="attribute_not_exists(#k) OR #k <= :cutoff",
-                ExpressionAttributeNames={"#k": f"sent_{kind}"},
-                ExpressionAttributeValues={":now": {"N": str(now)}, ":cutoff": {"N": str(cutoff)}},
-            )
-        except self.ddb.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        token = uuid.uuid4().hex
+        return self._write_once(
+            "update_item",
+            f"token_{kind}",
+            token,
+            TableName=self.settings.state_table,
+            Key={"pk": {"S": f"alert#{account_key}"}},
+            UpdateExpression="SET #k = :now, #t = :token",
+            ConditionExpression="attribute_not_exists(#k) OR #k <= :cutoff",
+            ExpressionAttributeNames={"#k": f"sent_{kind}", "#t": f"token_{kind}"},
+            ExpressionAttributeValues={":now": {"N": str(now)}, ":cutoff": {"N": str(cutoff)}, ":token": {"S": token}},
+        )
 
     def note_alert(self, account_key: str, kind: str, now: float) -> None:
         """Record an alert that is always sent (top-up refused or unknown): it opens an episode."""
@@ -271,16 +283,12 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class Alerts:
-    def __init__(self, topic_arn: str, sns: Any = None) -> None:
-        if sns is None:
-            from .aws import SnsClient
-
-            sns = SnsClient()
-        self.sns = sns
+    def __init__(self, topic_arn: str) -> None:
         self.topic_arn = topic_arn
 
     def send(self, subject: str, message: str) -> None:
-        self.sns.publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)
+        # botocore retries a failed Publish: a duplicate alert is acceptable, a lost one is not.
+        aws_clients.client("sns").publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)
         logger.info("alert sent", subject=subject)
 
 
@@ -391,7 +399,9 @@ class BalanceWatcher:
 
     def _trx(self) -> SecretStr | None:
         if self.settings.topup_trx_secret_arn:
-            response = secrets_manager_client().get_secret_value(SecretId=self.settings.topup_trx_secret_arn)
+            response = aws_clients.client("secretsmanager").get_secret_value(
+                SecretId=self.settings.topup_trx_secret_arn
+            )
             text = str(response.get("SecretString") or "").strip()
             if text.startswith("{"):
                 text = str(json.loads(text).get("topup_trx") or "")

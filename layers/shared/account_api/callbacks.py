@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import deadline as invocation
+
 ALLOW_HOSTS_ENV = "UNSAFE_CALLBACK_ALLOW_HOSTS"
 MAX_URL_LENGTH = 2048
 USER_AGENT = "account-ops-callback-check/1.0"
@@ -84,9 +86,11 @@ class CallbackPolicy(BaseModel):
 
     @classmethod
     def from_environment(cls) -> CallbackPolicy:
+        from .config import timeouts
+
         raw = os.environ.get(ALLOW_HOSTS_ENV, "")
         hosts = frozenset(h.strip().lower().strip("[]") for h in raw.split(",") if h.strip())
-        return cls(allow_hosts=hosts)
+        return cls(allow_hosts=hosts, timeout=timeouts().callback_check_timeout)
 
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -172,7 +176,7 @@ class CallbackChecker:
         self._connect = connector or socket.create_connection
 
     def check(self, url: str) -> CallbackCheck:
-        deadline = time.monotonic() + self.policy.timeout
+        deadline = invocation.bound(self.policy.timeout)  # the invocation's deadline may come first
         try:
             status = self._check(url, deadline)
         except _Refused as refused:

@@ -21,7 +21,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
+from . import deadline as invocation
 from . import errors
+from .config import Timeouts
 from .models import AccountSettings, Balance, SecretInfo, SenderRegistration, TopUpResult
 from .wire import error_for, parse_body
 
@@ -53,6 +55,14 @@ class ClientOptions:
     backoff_base: float = 0.2
     backoff_cap: float = 2.0
     max_retry_after: float = 5.0
+
+    @classmethod
+    def from_timeouts(cls, timeouts: Timeouts) -> ClientOptions:
+        return cls(
+            connect_timeout=timeouts.vonage_connect_timeout,
+            read_timeout=timeouts.vonage_read_timeout,
+            total_deadline=timeouts.vonage_deadline,
+        )
 
 
 def secret_rule_violation(secret: str) -> str | None:
@@ -229,7 +239,7 @@ class AccountClient:
     ) -> dict[str, Any]:
         opts = self.options
         retryable = method == "GET"
-        deadline = time.monotonic() + opts.total_deadline
+        deadline = invocation.bound(opts.total_deadline)  # the invocation's deadline may come first
         attempt = 0
         while True:
             attempt += 1

@@ -1,8 +1,9 @@
 """Vonage credentials from Secrets Manager, cached, and a 401 answered by one refresh and one retry.
 
-Our own small Secrets Manager client (account_api.aws), not boto3 nor the Powertools parameters
-cache: rotation asks for version stages, and a cold start does not pay 0.3 s for boto3. It honours
-AWS_ENDPOINT_URL, which is how the local stack reaches moto.
+The current credentials come through the Powertools parameters cache (`get_secret`, 300 s, and
+`force_fetch` after a 401) over the shared boto3 client. Rotation and the top-up reference read
+named versions with plain boto3 (`read_credentials`): the parameters cache does not key on a
+version stage.
 """
 
 from __future__ import annotations
@@ -10,56 +11,47 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from . import errors
+from . import aws_clients, errors
 from .client import API_BASE_URL, REST_BASE_URL, AccountClient, ClientOptions
+from .config import timeouts
+from .deadline import DeadlineExceededError
 from .models import Credentials
 
 T = TypeVar("T")
 
-CACHE_SECONDS = 300.0
+CACHE_SECONDS = 300
 
 
 class CredentialsUnavailableError(errors.AccountApiError):
     """The Vonage secret could not be read or does not hold usable credentials."""
 
 
-def secrets_manager_client() -> Any:
-    """One Secrets Manager client per process (it keeps a connection pool)."""
-    global _SM_CLIENT
-    with _SM_LOCK:
-        if _SM_CLIENT is None:
-            from .aws import SecretsManagerClient
-
-            _SM_CLIENT = SecretsManagerClient()
-        return _SM_CLIENT
-
-
-_SM_CLIENT: Any = None
-_SM_LOCK = threading.Lock()
+def _unavailable(exc: BaseException) -> errors.AccountApiError:
+    """What a failed read becomes. Names only the error's class: botocore's errors carry no secret
+    value, but nothing of the answer is worth repeating either."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, DeadlineExceededError) or isinstance(cause, DeadlineExceededError):
+        return DeadlineExceededError("getSecretValue")
+    name = aws_clients.error_code(cause or exc) or aws_clients.error_code(exc) or type(cause or exc).__name__
+    return CredentialsUnavailableError(f"could not read the Vonage secret ({name})", operation="getSecretValue")
 
 
-def read_credentials(
-    secret_arn: str, *, stage: str = "AWSCURRENT", version_id: str | None = None, sm: Any = None
-) -> Credentials:
-    """Read and validate the Vonage secret's JSON. Errors never quote the secret's content."""
-    sm = sm or secrets_manager_client()
+def read_credentials(secret_arn: str, *, stage: str = "AWSCURRENT", version_id: str | None = None) -> Credentials:
+    """Read one version of the Vonage secret with plain boto3 (no cache) and validate it."""
     kwargs: dict[str, Any] = {"SecretId": secret_arn}
     if version_id:
         kwargs["VersionId"] = version_id
     else:
         kwargs["VersionStage"] = stage
     try:
-        response = sm.get_secret_value(**kwargs)
-    except Exception as exc:  # botocore's errors carry no secret value
-        raise CredentialsUnavailableError(
-            f"could not read the Vonage secret ({type(exc).__name__})", operation="getSecretValue"
-        ) from None
+        response = aws_clients.client("secretsmanager").get_secret_value(**kwargs)
+    except Exception as exc:
+        raise _unavailable(exc) from None
     return parse_credentials(response.get("SecretString") or "")
 
 
@@ -80,24 +72,30 @@ def parse_credentials(secret_string: str) -> Credentials:
 
 
 class CredentialStore:
-    """Caches the current credentials of one secret for `ttl` seconds."""
+    """The current credentials of one secret, through the Powertools parameters cache."""
 
-    def __init__(self, secret_arn: str, *, ttl: float = CACHE_SECONDS, sm: Any = None) -> None:
+    def __init__(self, secret_arn: str, *, max_age: int = CACHE_SECONDS) -> None:
         self.secret_arn = secret_arn
-        self.ttl = ttl
-        self._sm = sm
+        self.max_age = max_age
+        self._provider: Any = None
         self._lock = threading.Lock()
-        self._cached: Credentials | None = None
-        self._fetched_at = 0.0
+
+    def _secrets(self) -> Any:
+        with self._lock:
+            if self._provider is None:
+                from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+                self._provider = SecretsProvider(boto3_client=aws_clients.client("secretsmanager"))
+            return self._provider
 
     def get(self, *, force: bool = False) -> Credentials:
-        with self._lock:
-            fresh = self._cached is not None and time.monotonic() - self._fetched_at < self.ttl
-            if force or not fresh:
-                self._cached = read_credentials(self.secret_arn, sm=self._sm)
-                self._fetched_at = time.monotonic()
-            assert self._cached is not None
-            return self._cached
+        try:
+            text = self._secrets().get(
+                self.secret_arn, max_age=self.max_age, force_fetch=force, VersionStage="AWSCURRENT"
+            )
+        except Exception as exc:
+            raise _unavailable(exc) from None
+        return parse_credentials(text if isinstance(text, str) else "")
 
 
 class VonageAccount:
@@ -134,7 +132,7 @@ class VonageAccount:
             CredentialStore(arn),
             rest_base_url=os.environ.get("VONAGE_REST_BASE_URL") or REST_BASE_URL,
             api_base_url=os.environ.get("VONAGE_API_BASE_URL") or API_BASE_URL,
-            options=options,
+            options=options or ClientOptions.from_timeouts(timeouts()),
         )
 
     def credentials(self, *, force: bool = False) -> Credentials:

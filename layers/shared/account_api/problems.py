@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import errors
+from .deadline import DeadlineExceededError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -63,6 +64,12 @@ def problem_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 404, problem(404, "Not Found", "No API secret with that id."), headers
     if isinstance(exc, errors.InvalidRequestError):
         return 422, problem(422, "Vonage refused the request", exc.reason, vonage_status=exc.status), headers
+    if isinstance(exc, DeadlineExceededError):
+        return (
+            504,
+            problem(504, "Out of time", "The request could not finish within the gateway's time limit; try again."),
+            headers,
+        )
     if isinstance(exc, errors.ApiTimeoutError):
         return 504, problem(504, "Vonage did not answer in time", f"{exc.operation} timed out."), headers
     if isinstance(exc, errors.AccountApiError):

@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from . import errors
+from . import aws_clients, errors
 from .client import API_BASE_URL, REST_BASE_URL, AccountClient, ClientOptions
-from .credentials import parse_credentials, secrets_manager_client
+from .config import timeouts
+from .credentials import parse_credentials
 from .models import Credentials, SecretInfo
 from .observability import MetricUnit, logger, metrics
 
@@ -85,18 +86,11 @@ def generate_secret(length: int = 25) -> str:
     return "".join(chars)
 
 
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
 class Rotator:
     def __init__(self, settings: RotationSettings, sm: Any = None, options: ClientOptions | None = None) -> None:
-        self.sm = sm or secrets_manager_client()
+        self.sm = sm or aws_clients.client("secretsmanager")
         self.settings = settings
-        self.options = options or ClientOptions()
+        self.options = options or ClientOptions.from_timeouts(timeouts())
 
     @classmethod
     def from_environment(cls) -> Rotator:
@@ -224,7 +218,7 @@ class Rotator:
         try:
             response = self.sm.get_secret_value(**kwargs)
         except Exception as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if aws_clients.error_code(exc) == "ResourceNotFoundException":
                 return None
             raise
         return parse_credentials(response.get("SecretString") or "")

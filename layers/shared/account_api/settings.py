@@ -6,13 +6,14 @@ Each function takes and returns pydantic models; the handler only parses events 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Self
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import aws_clients
 from .callbacks import CallbackCheck, CallbackChecker
 from .client import MAX_URL_LENGTH, callback_url_violation
-from .credentials import VonageAccount, secrets_manager_client
+from .credentials import VonageAccount
 from .models import AccountSettings
 from .observability import MetricUnit, logger, metrics
 from .problems import ApiProblem
@@ -173,14 +174,15 @@ def register_sender(account: VonageAccount, request: SenderRequest) -> SenderVie
     )
 
 
-def request_rotation(secret_arn: str, sm: Any = None) -> RotationStarted:
+def request_rotation(secret_arn: str) -> RotationStarted:
     """Ask Secrets Manager to rotate now, through the configured rotation function, so Secrets
     Manager and Vonage never drift apart. A rotation already running is a 409."""
-    sm = sm or secrets_manager_client()
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        response = sm.rotate_secret(SecretId=secret_arn)
-    except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+        response = aws_clients.client("secretsmanager").rotate_secret(SecretId=secret_arn)
+    except (ClientError, BotoCoreError) as exc:
+        code = aws_clients.error_code(exc) or type(exc).__name__
         if code == "InvalidRequestException":
             raise ApiProblem(
                 409, "Rotation not possible now", "A rotation is already in progress or rotation is not configured."
