@@ -74,10 +74,37 @@ class WebhookHandler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
                 except OSError:
                     return
+        elif url.path in HOSTILE:
+            self._hostile(url.path)
         elif url.path == "/big":
             self._reply(200, b"y" * (10 * 1024 * 1024))
         else:
             self._reply(200, b"ok")
+
+    def _hostile(self, path: str) -> None:
+        """Answers that keep a naive client waiting for as long as the server likes."""
+        self.close_connection = True
+        head, drip = HOSTILE[path]
+        self.wfile.write(head)
+        self.wfile.flush()
+        until = time.monotonic() + 30
+        while not self.server.stop.is_set() and time.monotonic() < until:
+            self.wfile.write(drip)
+            self.wfile.flush()
+            self.server.stop.wait(0.05)
+
+
+# path -> (what is sent first, what is then sent again and again, a little at a time)
+HOSTILE = {
+    "/trickle-status": (b"", b"H"),
+    "/continue-flood": (b"", b"HTTP/1.1 100 Continue\r\n\r\n"),
+    "/slow-headers": (b"HTTP/1.1 200 OK\r\n", b"X-Slow: 1\r\n"),
+    "/endless-trailers": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n",
+        b"X-Trailer: 1\r\n",
+    ),
+    "/trickle-chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"f"),
+}
 
 
 class WebhookServer(ThreadingHTTPServer):

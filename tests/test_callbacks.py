@@ -197,6 +197,8 @@ BLOCKED_ADDRESSES = [
     "64:ff9b::7f00:1",
     "2002:a00:1::1",
     "::",
+    "64:ff9b:1::808:808",  # local-use NAT64 (RFC 8215): never public, even around a public IPv4
+    "fec0::1",  # deprecated site-local
 ]
 
 
@@ -247,6 +249,31 @@ def test_allowance_does_not_extend_to_other_hosts(hooks: webhooks.WebhookServer)
 def test_deadline_on_a_stalled_endpoint(hooks: webhooks.WebhookServer) -> None:
     result = CallbackChecker(ALLOW_LOCAL).check(f"{hooks.url}/stall")
     assert (result.ok, result.reason) == (False, "timeout")
+
+
+@pytest.mark.parametrize("path", sorted(webhooks.HOSTILE))
+def test_no_far_end_can_stretch_the_deadline(hooks: webhooks.WebhookServer, path: str) -> None:
+    """The deadline is a wall: trickled bytes, endless interim answers, header lines or trailers
+    all end with the check at the deadline (1 s here), not when the server tires."""
+    import time
+
+    started = time.monotonic()
+    result = CallbackChecker(ALLOW_LOCAL).check(f"{hooks.url}{path}")
+    elapsed = time.monotonic() - started
+    if path in ("/endless-trailers", "/trickle-chunk"):  # the status arrived: the body is never read
+        assert (result.ok, result.status) == (True, 200)
+    elif path == "/continue-flood":  # cut off by count, long before the deadline
+        assert (result.ok, result.reason) == (False, "connection_error")
+    else:
+        assert (result.ok, result.reason) == (False, "timeout"), result
+    assert elapsed < 1.3, f"{path} held the check for {elapsed:.2f} s"
+
+
+def test_an_interim_answer_flood_is_cut_off_by_count(hooks: webhooks.WebhookServer) -> None:
+    result = CallbackChecker(CallbackPolicy(timeout=5.0, allow_hosts=frozenset({"localhost"}))).check(
+        f"{hooks.url}/continue-flood"
+    )
+    assert (result.reason, result.detail) == ("connection_error", "more than 5 interim answers")
 
 
 def test_never_ending_and_oversized_bodies_are_read_only_up_to_the_cap(hooks: webhooks.WebhookServer) -> None:
@@ -314,3 +341,21 @@ def test_policy_reads_the_allowance_from_the_environment(monkeypatch: pytest.Mon
     assert CallbackPolicy.from_environment().allow_hosts == frozenset({"localhost", "127.0.0.1"})
     monkeypatch.delenv("UNSAFE_CALLBACK_ALLOW_HOSTS")
     assert CallbackPolicy.from_environment().allow_hosts == frozenset()
+
+
+def test_an_at_sign_in_the_query_is_not_userinfo() -> None:
+    from account_api.callbacks import _validate_url
+
+    policy = CallbackPolicy()
+    assert _validate_url("https://hooks.example.com/?email=a@b.c", policy)[1] == "hooks.example.com"
+    assert _validate_url("https://hooks.example.com#a@b", policy)[1] == "hooks.example.com"
+    for url in ("https://user@hooks.example.com/", "https://a:b@hooks.example.com/?x=1"):
+        with pytest.raises(Exception, match="user name or password"):
+            _validate_url(url, policy)
+
+
+def test_a_trailing_dot_host_is_checked_as_the_same_name() -> None:
+    """TLS, SNI and the Host header name the host without its trailing dot."""
+    from account_api.callbacks import _validate_url
+
+    assert _validate_url("https://hooks.example.com./in", CallbackPolicy())[1:] == ("hooks.example.com", 443, "/in")

@@ -8,8 +8,10 @@ never reach an internal address:
 - the host is resolved once, every address must be globally routable (IPv4-mapped, NAT64, 6to4
   and Teredo forms are unwrapped first), and the connection goes to that pinned address while
   TLS still verifies the certificate against the hostname;
-- redirects are never followed, at most `max_body` bytes are read, and one deadline covers the
-  whole check. No retries.
+- redirects are never followed and the body is never read (the status is the answer); one
+  wall-clock deadline covers the whole check: when it passes the socket is shut, whatever the far
+  end is doing (trickling a status line, sending endless `100 Continue` answers or header lines).
+  Interim answers and header lines are capped. No retries.
 
 A local run needs loopback callbacks: `UNSAFE_CALLBACK_ALLOW_HOSTS` (comma-separated host names)
 lets exactly those hosts use http, any port and loopback addresses. template.yaml never sets it.
@@ -23,6 +25,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,8 +62,14 @@ Connector = Callable[[tuple[str, int], float], socket.socket]
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 # Unwrapped before judging an IPv6 address: these embed an IPv4 address that is what gets reached.
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+# Never public, whatever they embed: local-use NAT64 (RFC 8215) and the deprecated site-local range.
+_NEVER_PUBLIC = (ipaddress.ip_network("64:ff9b:1::/48"), ipaddress.ip_network("fec0::/10"))
+# A server may send `100 Continue` answers before its real one; more than this is hostile.
+MAX_INTERIM_ANSWERS = 5
+# http.client refuses more than 100 header lines; a callback answers with a handful.
+MAX_HEADER_LINES = 50
 
 
 class CallbackCheck(BaseModel):
@@ -80,7 +89,6 @@ class CallbackPolicy(BaseModel):
 
     allowed_ports: frozenset[int] = frozenset({443})
     timeout: float = Field(default=5.0, gt=0, le=20)
-    max_body: int = Field(default=64 * 1024, gt=0)
     method: Literal["GET", "HEAD"] = "GET"
     allow_hosts: frozenset[str] = frozenset()
 
@@ -96,8 +104,10 @@ class CallbackPolicy(BaseModel):
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """True only for globally routable unicast addresses, after unwrapping embedded IPv4."""
     if isinstance(address, ipaddress.IPv6Address):
+        if any(address in net for net in _NEVER_PUBLIC):
+            return False
         embedded: ipaddress.IPv4Address | None = address.ipv4_mapped
-        if embedded is None and any(address in net for net in _NAT64):
+        if embedded is None and address in _NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is None and address in _SIX_TO_FOUR:
             embedded = address.sixtofour
@@ -124,6 +134,12 @@ def _looks_like_ip_literal(host: str) -> bool:
     return all(_NUMERIC_LABEL.match(label) for label in labels) or bool(_NUMERIC_LABEL.match(labels[-1]))
 
 
+def _authority(url: str) -> str:
+    """The authority part of an absolute URL: between `//` and the first `/`, `?` or `#`."""
+    rest = url.split("//", 1)[1] if "//" in url else ""
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
 def _validate_url(url: str, policy: CallbackPolicy) -> tuple[str, str, int, str]:
     """(scheme, host, port, request target) of an acceptable URL, else _Refused."""
     from urllib3.exceptions import LocationParseError
@@ -143,7 +159,7 @@ def _validate_url(url: str, policy: CallbackPolicy) -> tuple[str, str, int, str]
         raise _Refused("scheme_not_allowed", "only https URLs are allowed")
     if not scheme or not host:
         raise _Refused("invalid_url", "must be an absolute URL with a host")
-    if parsed.auth is not None or "@" in (url.split("//", 1)[1].split("/", 1)[0] if "//" in url else ""):
+    if parsed.auth is not None or "@" in _authority(url):
         raise _Refused("userinfo_not_allowed", "must not contain a user name or password")
     allowed_host = host in policy.allow_hosts
     if scheme != "https" and not (allowed_host and scheme == "http"):
@@ -157,7 +173,8 @@ def _validate_url(url: str, policy: CallbackPolicy) -> tuple[str, str, int, str]
         labels = host.rstrip(".").split(".")
         if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
             raise _Refused("invalid_url", "host is not a valid DNS name")
-    return scheme, host, port, parsed.request_uri or "/"
+    # "example.com." is "example.com": the certificate, SNI and Host header name it without the dot.
+    return scheme, host.rstrip("."), port, parsed.request_uri or "/"
 
 
 class CallbackChecker:
@@ -194,11 +211,20 @@ class CallbackChecker:
         scheme, host, port, target = _validate_url(url, self.policy)
         address = self._pinned_address(host, port, deadline)
         sock = self._open(address, port, deadline)
+        watchdog = _Watchdog(sock, deadline)
         try:
             if scheme == "https":
-                sock = self._tls(sock, host)
-            return self._exchange(sock, host, port, scheme, target, deadline)
+                sock = watchdog.sock = self._tls(sock, host)
+            status = self._exchange(sock, host, port, scheme, target, watchdog)
+            if watchdog.fired:  # http.client takes a shut socket's EOF for the end of the headers
+                raise _Refused("timeout", "no complete answer in time")
+            return status
+        except _Refused:
+            if watchdog.fired:
+                raise _Refused("timeout", "no complete answer in time") from None
+            raise
         finally:
+            watchdog.cancel()
             sock.close()
 
     def _pinned_address(self, host: str, port: int, deadline: float) -> str:
@@ -251,7 +277,9 @@ class CallbackChecker:
         except OSError as exc:
             raise _Refused("connection_error", f"connection lost during TLS ({type(exc).__name__})") from None
 
-    def _exchange(self, sock: socket.socket, host: str, port: int, scheme: str, target: str, deadline: float) -> int:
+    def _exchange(
+        self, sock: socket.socket, host: str, port: int, scheme: str, target: str, watchdog: _Watchdog
+    ) -> int:
         default_port = 443 if scheme == "https" else 80
         host_header = host if port == default_port else f"{host}:{port}"
         if ":" in host:
@@ -262,13 +290,14 @@ class CallbackChecker:
         )
         try:
             sock.sendall(request.encode("ascii"))
-            response = http.client.HTTPResponse(sock, method=self.policy.method)
-            response.begin()
+            response = _CappedResponse(sock, method=self.policy.method)
+            response.begin()  # status line and headers only: the body is never read
             status = response.status
-            self._drain(response, sock, deadline)
         except TimeoutError:
             raise _Refused("timeout", "no complete answer in time") from None
-        except (http.client.HTTPException, OSError) as exc:
+        except _Refused:
+            raise
+        except (http.client.HTTPException, OSError, ValueError) as exc:
             raise _Refused("connection_error", f"unreadable answer ({type(exc).__name__})") from None
         if 300 <= status < 400:
             raise _Refused("redirect", f"answered {status} (redirects are not followed)", status)
@@ -276,15 +305,46 @@ class CallbackChecker:
             raise _Refused("status", f"answered {status}, expected 200", status)
         return status
 
-    def _drain(self, response: http.client.HTTPResponse, sock: socket.socket, deadline: float) -> None:
-        """Read at most max_body bytes, each read bounded by what is left of the deadline."""
-        budget = self.policy.max_body
-        while budget > 0:
-            sock.settimeout(_remaining(deadline))
-            chunk = response.read1(min(budget, 16384))
-            if not chunk:
-                return
-            budget -= len(chunk)
+
+class _Watchdog:
+    """Shuts the socket when the deadline passes, so no far end can stretch the check: a blocked
+    read then returns at once, whatever was being read."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # the plain socket's, also under TLS
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _CappedResponse(http.client.HTTPResponse):
+    """http.client's response reader with caps on interim answers and header lines."""
+
+    _interim = 0
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if status == http.client.CONTINUE:
+            self._interim += 1
+            if self._interim > MAX_INTERIM_ANSWERS:
+                raise _Refused("connection_error", f"more than {MAX_INTERIM_ANSWERS} interim answers")
+        return version, status, reason
+
+    def begin(self) -> None:
+        super().begin()
+        if len(self.headers) > MAX_HEADER_LINES:
+            raise _Refused("connection_error", f"more than {MAX_HEADER_LINES} header lines")
 
 
 def _remaining(deadline: float) -> float:
