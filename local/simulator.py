@@ -95,7 +95,7 @@ class Fault:
     status: int | None = None
     latency: float = 0.0
     reset: bool = False
-    body: str | None = None  # "malformed" | "xml" | "empty"
+    body: str | None = None  # "malformed" | "xml" | "empty" | "trickle" | "huge"
     retry_after: int | None = None
     after: bool = False  # act first, then misbehave (the request took effect)
     times: int = 1
@@ -271,6 +271,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         if fault.body == "malformed":
             self._send(fault.status or 200, b'{"value": 12.5, "autoRel', headers={"Content-Type": "application/json"})
             return True
+        if fault.body in ("trickle", "huge"):
+            self._endless_body(fault.body)
+            return True
         if fault.body == "xml":
             self._send(
                 fault.status or 200,
@@ -284,6 +287,28 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self._send(fault.status, body, headers=headers)
             return True
         return False
+
+    def _endless_body(self, kind: str) -> None:
+        """A body that never ends in time: one byte at a time, or 300 MB as fast as it goes (with no
+        Content-Length, so only counting what arrives can stop it)."""
+        size = 300 * 1024 * 1024 if kind == "huge" else 4096
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if kind == "trickle":
+            self.send_header("Content-Length", str(size))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        chunk, sent, until = (b" " * 65536 if kind == "huge" else b" "), 0, time.monotonic() + 30
+        try:
+            while sent < size and time.monotonic() < until:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                if kind == "trickle":
+                    self.wfile.flush()
+                    time.sleep(0.05)
+        except OSError:  # the client gave up, as it should
+            return
 
     # -- the Account API -----------------------------------------------------------------------
 

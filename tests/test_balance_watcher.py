@@ -281,6 +281,21 @@ def test_refused_top_up_is_recorded_and_notified(stack: Stack) -> None:
     assert stack.history()[-1]["outcome"] == "topup_refused"
 
 
+def test_vonage_wording_is_bounded_and_never_echoes_what_we_sent(stack: Stack) -> None:
+    """A refusal whose label repeats the top-up reference, with control characters and 5 KB of text:
+    the alert, the history row and the logs get a bounded, single-line text with the trx redacted."""
+    label = f"topup failed for trx {simmod.DEFAULT_TRX}\n\x1b[31mFAKE LOG LINE\r\n" + "A" * 5000
+    stack.sim.set(balance=3.0)
+    stack.sim.fault("topUpAccountBalance", status=401, problem={"error-code": "420", "error-code-label": label})
+    result = stack.watcher().run(run_at(0), now=ts(0))
+    assert result.outcome is Outcome.TOPUP_REFUSED
+    [alert] = stack.read_alerts()
+    for text in (result.detail, alert["message"], stack.history()[-1]["detail"]):
+        assert simmod.DEFAULT_TRX not in text and "[redacted]" in text
+        assert "\n" not in text and "\x1b" not in text and "\r" not in text
+    assert len(result.detail) <= 200
+
+
 def test_bad_credentials_one_refresh_then_a_clear_failure(stack: Stack) -> None:
     boto3.client("secretsmanager").put_secret_value(
         SecretId=stack.resources.secret_arn, SecretString=vonage_secret_value(api_secret="Wrong-Secret-1")

@@ -432,3 +432,41 @@ def test_no_secret_in_logs_or_reprs_at_debug(client: AccountClient, sim: Sim, ca
     encoded = base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
     for secret in (SECRET, TRX, "Logged-Never-77", encoded, "Authorization"):
         assert secret not in text
+
+
+# -- the deadline holds through the last byte, and answers are capped -----------------------------
+
+
+def test_a_trickled_answer_ends_at_the_deadline(sim: Sim) -> None:
+    """One byte every 50 ms for a 4 KiB body would take 200 s; the deadline is 1 s, retries included."""
+    import time
+
+    from account_api import AccountClient, ApiTimeoutError, ClientOptions
+
+    sim.fault("getAccountBalance", body="trickle", times=3)
+    client = AccountClient(
+        api_key=simmod.DEFAULT_API_KEY,
+        api_secret=simmod.DEFAULT_API_SECRET,
+        rest_base_url=sim.url,
+        api_base_url=sim.url,
+        options=ClientOptions(read_timeout=1.0, total_deadline=1.0),
+    )
+    started = time.monotonic()
+    with pytest.raises(ApiTimeoutError):
+        client.get_account_balance()
+    assert time.monotonic() - started < 1.3
+
+
+def test_an_oversized_answer_is_refused_without_reading_it(sim: Sim, client: Any) -> None:
+    import resource
+    import time
+
+    from account_api import UnreadableResponseError
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sim.fault("changeAccountSettings", body="huge")
+    started = time.monotonic()
+    with pytest.raises(UnreadableResponseError, match="larger than"):
+        client.change_account_settings()
+    assert time.monotonic() - started < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB: not 300 MB

@@ -3,6 +3,8 @@
 Design points (see ARCHITECTURE.md):
 - HTTP Basic auth on every operation, so the secret never sits in a URL (nor in access logs).
 - Every call has connect and read timeouts and one overall deadline, retries included.
+- Answers are read under the same deadline, through the last byte, and capped in size (the
+  Account API's answers are a few hundred bytes; anything past MAX_ANSWER_BYTES is refused).
 - Only GETs are retried (connection errors, 429 with a short Retry-After, 5xx), with capped
   exponential backoff and full jitter. POSTs and DELETEs are sent once: a top-up must never be
   re-sent by a transport layer.
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import random
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +23,8 @@ from typing import Any, TypeVar
 import requests
 from pydantic import BaseModel, SecretStr, ValidationError
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 
 from . import deadline as invocation
 from . import errors
@@ -34,6 +39,7 @@ USER_AGENT = "account-ops/1.0 (+python-requests)"
 SECRET_MIN_LENGTH = 8
 SECRET_MAX_LENGTH = 25
 MAX_URL_LENGTH = 2048
+MAX_ANSWER_BYTES = 256 * 1024
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EMAIL = re.compile(
     r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
@@ -274,7 +280,8 @@ class AccountClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return errors.ApiTimeoutError(f"{operation}: deadline passed", operation=operation, request_sent=False)
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        # identity: a compressed answer could inflate past the cap in one read
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
         if form is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         try:
@@ -287,6 +294,7 @@ class AccountClient:
                 auth=(self.api_key, self._secret.get_secret_value()),
                 timeout=(min(opts.connect_timeout, remaining), min(opts.read_timeout, remaining)),
                 allow_redirects=False,
+                stream=True,  # the body is read below, under the deadline and the size cap
             )
         except requests.ConnectTimeout:
             return errors.ApiTimeoutError(f"{operation}: connect timed out", operation=operation, request_sent=False)
@@ -299,7 +307,27 @@ class AccountClient:
                 f"{operation}: {what} ({type(exc).__name__})", operation=operation, request_sent=sent
             )
         try:
-            body = parse_body(response.content, response.headers.get("Content-Type", ""))
+            content = _read_answer(response, deadline)
+        except _AnswerTooLarge:
+            return errors.UnreadableResponseError(
+                f"{operation}: answer larger than {MAX_ANSWER_BYTES} bytes",
+                operation=operation,
+                status=response.status_code,
+            )
+        except _AnswerTooSlow:
+            return errors.ApiTimeoutError(
+                f"{operation}: answer not complete in time", operation=operation, request_sent=True
+            )
+        except (requests.RequestException, Urllib3Error, OSError, ValueError) as exc:
+            return errors.TransportError(
+                f"{operation}: connection lost while reading ({type(exc).__name__})",
+                operation=operation,
+                request_sent=True,
+            )
+        finally:
+            response.close()
+        try:
+            body = parse_body(content, response.headers.get("Content-Type", ""))
         except (ValueError, SyntaxError):
             if response.status_code >= 500:
                 return errors.ServerError(
@@ -310,11 +338,63 @@ class AccountClient:
                 operation=operation,
                 status=response.status_code,
             )
-        except requests.RequestException:
-            return errors.TransportError(
-                f"{operation}: connection lost while reading", operation=operation, request_sent=True
-            )
-        return error_for(operation, response.status_code, body, response.headers) or body
+        sent_values = [self._secret.get_secret_value(), *(form or {}).values(), *_strings(json_body)]
+        return error_for(operation, response.status_code, body, response.headers, sent=sent_values) or body
+
+
+class _AnswerTooLarge(Exception):
+    pass
+
+
+class _AnswerTooSlow(Exception):
+    pass
+
+
+def _read_answer(response: requests.Response, deadline: float) -> bytes:
+    """The body, read one socket read at a time until the deadline and at most MAX_ANSWER_BYTES.
+    At the deadline the socket is shut, so a read blocked on a trickle returns at once."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise _AnswerTooLarge
+    connection = getattr(response.raw, "_connection", None)  # urllib3's, while the body is unread
+    sock = getattr(connection, "sock", None)
+    fired = threading.Event()
+
+    def shut() -> None:
+        fired.set()
+        if isinstance(sock, socket.socket):
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), shut)
+    watchdog.daemon = True
+    watchdog.start()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            if fired.is_set() or time.monotonic() >= deadline:
+                raise _AnswerTooSlow
+            try:
+                chunk = response.raw.read1(16384)
+            except ReadTimeoutError:
+                raise _AnswerTooSlow from None
+            except (Urllib3Error, OSError):
+                if fired.is_set():
+                    raise _AnswerTooSlow from None
+                raise
+            if not chunk:
+                if fired.is_set():
+                    raise _AnswerTooSlow
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _AnswerTooLarge
+            chunks.append(chunk)
+    finally:
+        watchdog.cancel()
 
 
 def _new_session() -> requests.Session:
@@ -324,6 +404,17 @@ def _new_session() -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON value (what we sent, to be redacted from Vonage's answer)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _never_connected(exc: BaseException) -> bool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.etree import ElementTree
 
@@ -35,8 +36,37 @@ def _lower(body: Mapping[str, Any], *keys: str) -> str:
     return " ".join(str(body.get(key, "")) for key in keys).lower()
 
 
+MAX_REASON_LENGTH = 200
+REDACTED = "[redacted]"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def clean_text(text: str, redact: Sequence[str] = (), limit: int = MAX_REASON_LENGTH) -> str:
+    """Vonage's words made safe to repeat in logs, alerts and history: no value we sent (a URL, the
+    top-up reference, the secret), no control characters or line breaks, at most `limit` characters."""
+    for value in sorted((v for v in redact if v and len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _clean_body(value: Any, redact: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        return clean_text(value, redact)
+    if isinstance(value, dict):
+        return {str(k)[:64]: _clean_body(v, redact) for k, v in list(value.items())[:50]}
+    if isinstance(value, list):
+        return [_clean_body(v, redact) for v in value[:50]]
+    return value
+
+
 def error_for(
-    operation: str, status: int, body: dict[str, Any], headers: Mapping[str, str]
+    operation: str,
+    status: int,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    *,
+    sent: Sequence[str] = (),
 ) -> errors.AccountApiError | None:
     """The typed error an answer stands for, or None when it is a success.
 
@@ -47,13 +77,15 @@ def error_for(
     code = str(body.get("error-code", "")).strip()
     if status < 300 and (not code or code == "200"):
         return None
+    body = _clean_body(body, sent)  # everything the error carries is safe to log and alert
+    code = clean_text(code, sent, limit=16)
     label = _lower(body, "error-code-label", "title", "detail", "type")
     message = f"{operation}: HTTP {status}"
     if code and code != str(status):
         message += f" error-code {code}"
     reason = str(body.get("error-code-label") or body.get("detail") or body.get("title") or "")
     if reason:
-        message += f" ({reason[:200]})"
+        message += f" ({reason})"
     kwargs: dict[str, Any] = {"operation": operation, "status": status, "body": body}
 
     if code == "420":
