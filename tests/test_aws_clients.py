@@ -92,19 +92,20 @@ def store(aws: None, timeouts: Any) -> WatcherStore:
 def test_run_claim_retried_after_a_lost_answer_is_still_ours(store: WatcherStore) -> None:
     attempts = lose_first_answer(store.ddb, "PutItem")
     run = ScheduledRun(scheduled_time=datetime(2026, 11, 27, tzinfo=UTC))
-    assert store.claim_run("acct", run, time.time()) is True
+    assert store.claim_run("acct", run, time.time()).state == "claimed"
     assert len(attempts) == 2  # the retry met its own first write, and recognised it
-    assert store.claim_run("acct", run, time.time()) is False  # a real second delivery is still refused
+    assert store.claim_run("acct", run, time.time()).state == "in_progress"  # a real second delivery is not
 
 
 def test_lease_retried_after_a_lost_answer_is_held_once(store: WatcherStore) -> None:
     attempts = lose_first_answer(store.ddb, "PutItem")
     now = time.time()
-    assert store.take_lease("acct", now) is None  # taken: the top-up may be sent
+    run = ScheduledRun(scheduled_time=datetime(2026, 11, 27, tzinfo=UTC))
+    assert store.take_lease("acct", run, now) is None  # taken: the top-up may be sent
     assert len(attempts) == 2
     lease = store.lease("acct")
     assert lease["topups_today"] == "1" and lease["version"] == "1"  # taken once, not twice
-    assert store.take_lease("acct", now + 1) is Outcome.SKIPPED_COOLDOWN
+    assert store.take_lease("acct", run, now + 1) is Outcome.SKIPPED_COOLDOWN
 
 
 def test_alert_claim_retried_after_a_lost_answer_still_sends_once(store: WatcherStore) -> None:

@@ -388,3 +388,65 @@ def test_a_401_on_the_top_up_is_not_resent(stack: Stack) -> None:
     assert (result.outcome, result.detail) == (Outcome.TOPUP_FAILED, "AuthenticationError")
     assert stack.topups() == 1  # one request per decision, even though a 401 means Vonage did not act
     assert [a["subject"] for a in stack.read_alerts()] == ["Vonage top-up failed"]
+
+
+# -- nothing lost after a failure: the decision is recorded before anything that can fail ---------
+
+
+def fail_once(client: Any, operation: str) -> list[str]:
+    """The next `operation` call fails below HTTP (as a throttled or unreachable service would)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    failures: list[str] = []
+
+    def fail(request: Any, **kwargs: Any) -> None:
+        if kwargs["event_name"].endswith(operation) and not failures:
+            failures.append(operation)
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    client.meta.events.register_first("before-send", fail)
+    return failures
+
+
+def test_a_failed_alert_loses_no_outcome_and_its_retry_only_finishes(stack: Stack) -> None:
+    from account_api import aws_clients
+
+    stack.sim.set(balance=3.0)
+    failed = fail_once(aws_clients.client("sns"), "Publish")
+    with pytest.raises(Exception, match="Could not connect"):
+        stack.watcher().run(run_at(0), now=ts(0))
+    assert failed == ["Publish"]
+    assert stack.topups() == 1
+    # the outcome and its history row were recorded before the alert failed
+    assert [h["outcome"] for h in stack.history()] == ["topup_succeeded"]
+    # the retry (Lambda's, or the schedule's) finishes the bookkeeping: no new decision, no top-up
+    result = stack.watcher().run(run_at(0), now=ts(1))
+    assert result.outcome is Outcome.TOPUP_SUCCEEDED
+    assert stack.topups() == 1
+    assert [a["subject"] for a in stack.read_alerts()] == ["Vonage top-up sent"]
+    assert [h["outcome"] for h in stack.history()] == ["topup_succeeded"]  # the same row, rewritten
+    assert stack.watcher().run(run_at(0), now=ts(2)).outcome is Outcome.DUPLICATE  # now finished
+
+
+def test_an_attempt_that_died_after_the_lease_never_sends_twice(stack: Stack) -> None:
+    """The top-up was sent, then recording its outcome failed and the invocation died. Its retry
+    finds the lease taken by this very run and still pending: UNKNOWN, alerted, nothing re-sent."""
+    from account_api import aws_clients
+
+    stack.sim.set(balance=3.0)
+    fail_once(aws_clients.client("dynamodb"), "UpdateItem")  # the first UpdateItem is the lease outcome
+    with pytest.raises(Exception, match="Could not connect"):
+        stack.watcher().run(run_at(0), now=ts(0))
+    assert stack.topups() == 1
+    result = stack.watcher().run(run_at(0), now=ts(1))
+    assert result.outcome is Outcome.TOPUP_UNKNOWN
+    assert stack.topups() == 1
+    assert stack.history()[-1]["outcome"] == "topup_unknown"
+
+
+def test_a_delivery_while_the_first_is_still_running_is_a_duplicate(stack: Stack) -> None:
+    store = stack.watcher().store
+    assert store.claim_run("acct", run_at(0), ts(0)).state == "claimed"
+    assert store.claim_run("acct", run_at(0), ts(0.5)).state == "in_progress"
+    # once the claiming invocation can no longer be running (its deadline passed), the run is taken over
+    assert store.claim_run("acct", run_at(0), ts(5)).state == "claimed"

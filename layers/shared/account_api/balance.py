@@ -17,11 +17,11 @@ import time
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from . import aws_clients, errors
+from . import aws_clients, deadline, errors
 from .credentials import VonageAccount, read_credentials
 from .observability import MetricUnit, logger, metrics
 
@@ -142,6 +142,19 @@ class RunResult(BaseModel):
     detail: str = ""
 
 
+class PendingAlert(BaseModel):
+    """An alert decided by a run; recorded with the decision, sent after the bookkeeping."""
+
+    subject: str
+    message: str
+
+
+class RunClaim(BaseModel):
+    state: Literal["claimed", "in_progress", "decided", "finished"]
+    token: str = ""
+    record: dict[str, Any] = Field(default_factory=dict)
+
+
 class WatcherStore:
     """DynamoDB state: run claims, the top-up lease per account, alert state, and history."""
 
@@ -152,33 +165,86 @@ class WatcherStore:
     def ddb(self) -> Any:
         return aws_clients.client("dynamodb")
 
-    def _write_once(self, method: str, token_attribute: str, token: str, **kwargs: Any) -> bool:
-        """A conditional write that is True when it took effect. botocore retries a write whose
-        answer was lost, and the retry then fails its own condition: the item carries a token
-        unique to this write, read back from the failure, so our own earlier write still counts."""
+    def _write_once(self, method: str, token_attribute: str, token: str, **kwargs: Any) -> tuple[bool, dict[str, Any]]:
+        """A conditional write: (whether it took effect, the item found when it did not). botocore
+        retries a write whose answer was lost, and the retry then fails its own condition: the item
+        carries a token unique to this write, read back from the failure, so our own earlier write
+        still counts."""
         try:
             getattr(self.ddb, method)(ReturnValuesOnConditionCheckFailure="ALL_OLD", **kwargs)
         except self.ddb.exceptions.ConditionalCheckFailedException as exc:
             existing = exc.response.get("Item") or {}
-            return bool(existing.get(token_attribute, {}).get("S") == token)
-        return True
+            return bool(existing.get(token_attribute, {}).get("S") == token), _plain(existing)
+        return True, {}
 
-    def claim_run(self, account_key: str, run: ScheduledRun, now: float) -> bool:
-        """True for the first delivery of this scheduled run, False for a duplicate."""
+    def claim_run(self, account_key: str, run: ScheduledRun, now: float) -> RunClaim:
+        """Claim this scheduled run, or say what an earlier delivery left of it. A claim that
+        decided nothing and whose invocation can no longer be running is taken over (stale)."""
         token = uuid.uuid4().hex
-        return self._write_once(
+        # "in progress" only while the claiming invocation can still be running
+        in_progress_until = now + max(1.0, deadline.remaining() or 60.0) + 1
+        took, existing = self._write_once(
             "put_item",
             "claim_token",
             token,
             TableName=self.settings.state_table,
             Item={
-                "pk": {"S": f"run#{account_key}#{run.key}"},
-                "claimed_at": {"N": str(int(now))},
+                "pk": {"S": self._run_pk(account_key, run)},
+                "claimed_at": {"N": str(now)},
+                "in_progress_until": {"N": str(in_progress_until)},
                 "expires_at": {"N": str(int(now) + 2 * 86400)},
                 "claim_token": {"S": token},
             },
-            ConditionExpression="attribute_not_exists(pk)",
+            ConditionExpression="attribute_not_exists(pk) OR (attribute_not_exists(outcome) AND in_progress_until < :now)",
+            ExpressionAttributeValues={":now": {"N": str(now)}},
         )
+        if took:
+            return RunClaim(state="claimed", token=token)
+        if existing.get("finished"):
+            return RunClaim(state="finished")
+        if "outcome" in existing:
+            return RunClaim(state="decided", record=existing)
+        return RunClaim(state="in_progress")
+
+    def record_decision(
+        self, account_key: str, run: ScheduledRun, result: RunResult, alerts: list[PendingAlert]
+    ) -> None:
+        """The decision, before anything that could fail after it: a retry finishes from here."""
+        self.ddb.update_item(
+            TableName=self.settings.state_table,
+            Key={"pk": {"S": self._run_pk(account_key, run)}},
+            UpdateExpression="SET outcome = :o, #r = :r, alerts = :a",
+            ExpressionAttributeNames={"#r": "result"},
+            ExpressionAttributeValues={
+                ":o": {"S": str(result.outcome)},
+                ":r": {"S": result.model_dump_json()},
+                ":a": {"S": json.dumps([a.model_dump() for a in alerts])},
+            },
+        )
+
+    def mark_finished(self, account_key: str, run: ScheduledRun) -> None:
+        self.ddb.update_item(
+            TableName=self.settings.state_table,
+            Key={"pk": {"S": self._run_pk(account_key, run)}},
+            UpdateExpression="SET finished = :t",
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
+
+    def release_claim(self, account_key: str, run: ScheduledRun, token: str) -> None:
+        """Give back a claim that decided nothing (the invocation failed): its retry decides."""
+        try:
+            self.ddb.delete_item(
+                TableName=self.settings.state_table,
+                Key={"pk": {"S": self._run_pk(account_key, run)}},
+                ConditionExpression="claim_token = :t AND attribute_not_exists(outcome)",
+                ExpressionAttributeValues={":t": {"S": token}},
+            )
+        except Exception as exc:  # the claim then lapses when its invocation's deadline passes
+            logger.warning("could not release the run claim", error=type(exc).__name__)
+
+    @staticmethod
+    def _run_pk(account_key: str, run: ScheduledRun) -> str:
+        return f"run#{account_key}#{run.key}"
 
     def lease(self, account_key: str) -> dict[str, Any]:
         item = self.ddb.get_item(
@@ -186,7 +252,7 @@ class WatcherStore:
         ).get("Item")
         return _plain(item or {})
 
-    def take_lease(self, account_key: str, now: float) -> Outcome | None:
+    def take_lease(self, account_key: str, run: ScheduledRun, now: float) -> Outcome | None:
         """Take the top-up lease, or say why not (cooldown, daily cap). Optimistic: the write is
         conditional on the version read, so of concurrent runs exactly one wins."""
         current = self.lease(account_key)
@@ -207,6 +273,7 @@ class WatcherStore:
             "last_outcome": {"S": "pending"},
             "taken_at": {"N": str(now)},
             "lease_token": {"S": token},
+            "run": {"S": run.key},  # which run took it: a retry of that run must never send again
         }
         condition = "attribute_not_exists(pk)" if not current else "version = :v"
         values = {} if not current else {":v": {"N": str(version)}}
@@ -217,7 +284,7 @@ class WatcherStore:
         }
         if values:
             kwargs["ExpressionAttributeValues"] = values
-        if not self._write_once("put_item", "lease_token", token, **kwargs):
+        if not self._write_once("put_item", "lease_token", token, **kwargs)[0]:
             return Outcome.SKIPPED_COOLDOWN  # another run took it a moment ago
         return None
 
@@ -244,7 +311,7 @@ class WatcherStore:
             ConditionExpression="attribute_not_exists(#k) OR #k <= :cutoff",
             ExpressionAttributeNames={"#k": f"sent_{kind}", "#t": f"token_{kind}"},
             ExpressionAttributeValues={":now": {"N": str(now)}, ":cutoff": {"N": str(cutoff)}, ":token": {"S": token}},
-        )
+        )[0]
 
     def note_alert(self, account_key: str, kind: str, now: float) -> None:
         """Record an alert that is always sent (top-up refused or unknown): it opens an episode."""
@@ -266,7 +333,8 @@ class WatcherStore:
     def record_history(self, account_key: str, run: ScheduledRun, result: RunResult, now: float) -> None:
         item: dict[str, Any] = {
             "account": {"S": account_key},
-            "at": {"S": f"{datetime.fromtimestamp(now, UTC).isoformat()}#{run.key}"},
+            "at": {"S": run.key},  # one row per scheduled run: a retry rewrites it, never adds one
+            "recorded_at": {"S": datetime.fromtimestamp(now, UTC).isoformat()},
             "scheduled_time": {"S": run.key},
             "outcome": {"S": str(result.outcome)},
             "expires_at": {"N": str(int(now) + self.settings.history_ttl_days * 86400)},
@@ -275,6 +343,8 @@ class WatcherStore:
             item["balance"] = {"N": repr(result.balance)}
         if result.detail:
             item["detail"] = {"S": result.detail[:500]}
+        if result.auto_reload is not None:
+            item["auto_reload"] = {"BOOL": result.auto_reload}
         self.ddb.put_item(TableName=self.settings.history_table, Item=item)
 
 
@@ -293,6 +363,14 @@ class Alerts:
 
 
 class BalanceWatcher:
+    """One scheduled run: claim it, decide, record the decision, then the bookkeeping and alerts.
+
+    The decision (outcome and the alerts it owes) is recorded before anything after it can fail,
+    so a retry of a run that decided but did not finish only finishes the bookkeeping: it never
+    decides again and never sends a second top-up. Alerts go last: a failed Publish cannot erase
+    the outcome, its metric or its history row.
+    """
+
     def __init__(self, settings: WatcherSettings, account: VonageAccount, store: WatcherStore, alerts: Alerts) -> None:
         self.settings = settings
         self.account = account
@@ -307,62 +385,102 @@ class BalanceWatcher:
     def run(self, run: ScheduledRun, now: float | None = None) -> RunResult:
         now = time.time() if now is None else now
         key = self.account.credentials().api_key
+        claim = self.store.claim_run(key, run, now)
+        if claim.state in ("finished", "in_progress"):
+            logger.info(
+                "duplicate delivery of a scheduled run: nothing to do", scheduled_time=run.key, state=claim.state
+            )
+            metrics.add_metric(name=OUTCOME_METRICS[Outcome.DUPLICATE], unit=MetricUnit.Count, value=1)
+            return RunResult(outcome=Outcome.DUPLICATE, scheduled_time=run.key)
+        if claim.state == "decided":
+            logger.info("finishing a run that decided but did not finish", scheduled_time=run.key)
+            result = RunResult.model_validate_json(str(claim.record["result"]))
+            pending = [PendingAlert.model_validate(a) for a in json.loads(str(claim.record.get("alerts") or "[]"))]
+            return self._complete(key, run, now, result, pending)
+        alerts: list[PendingAlert] = []
+        try:
+            result = self._decide(key, run, now, alerts)
+            self.store.record_decision(key, run, result, alerts)
+        except Exception:
+            self.store.release_claim(key, run, claim.token)  # nothing decided: the retry decides
+            raise
+        return self._complete(key, run, now, result, alerts)
+
+    # -- the decision ------------------------------------------------------------------------------
+
+    def _decide(self, key: str, run: ScheduledRun, now: float, alerts: list[PendingAlert]) -> RunResult:
+        died = self._died_mid_top_up(key, run)
+        if died is not None:
+            return died
         try:
             balance = self.account.call(lambda c: c.get_account_balance())
         except errors.UnreadableResponseError as exc:
-            return self._finish(key, run, now, self._invalid_balance(key, run, now, exc))
-        if not self.store.claim_run(key, run, now):
-            logger.info("duplicate delivery of a scheduled run: nothing to do", scheduled_time=run.key)
-            result = RunResult(outcome=Outcome.DUPLICATE, scheduled_time=run.key, balance=balance.value)
-            metrics.add_metric(name=OUTCOME_METRICS[Outcome.DUPLICATE], unit=MetricUnit.Count, value=1)
-            return result
+            return self._invalid_balance(key, run, now, exc, alerts)
         metrics.add_metric(name="BalanceEUR", unit=MetricUnit.NoUnit, value=balance.value)
         metrics.add_metric(name="AutoReloadEnabled", unit=MetricUnit.Count, value=1 if balance.auto_reload else 0)
         base = {"scheduled_time": run.key, "balance": balance.value, "auto_reload": balance.auto_reload}
 
         if balance.value >= self.settings.threshold:
-            self._recovered(key, balance.value)
-            return self._finish(key, run, now, RunResult(outcome=Outcome.OK, **base))
+            self._recovered(key, balance.value, alerts)
+            return RunResult(outcome=Outcome.OK, **base)
         if not balance.auto_reload:
             self._alert_once(
                 key,
                 "low",
                 now,
+                alerts,
                 f"Vonage balance low: {balance.value:.2f} EUR",
                 f"The balance is {balance.value:.2f} EUR, below the threshold of {self.settings.threshold:.2f} EUR, "
                 "and auto-reload is off, so a top-up would be refused. Add credit in the Vonage dashboard.",
             )
-            return self._finish(key, run, now, RunResult(outcome=Outcome.LOW_ALERTED, **base))
+            return RunResult(outcome=Outcome.LOW_ALERTED, **base)
         if self.settings.dry_run:
             self._alert_once(
                 key,
                 "dry_run",
                 now,
+                alerts,
                 f"[dry run] Vonage balance low: {balance.value:.2f} EUR",
                 f"The balance is {balance.value:.2f} EUR, below {self.settings.threshold:.2f} EUR. A top-up would be "
                 "sent now, but DRY_RUN is on.",
             )
-            return self._finish(key, run, now, RunResult(outcome=Outcome.DRY_RUN, **base))
-        refusal = self.store.take_lease(key, now)
+            return RunResult(outcome=Outcome.DRY_RUN, **base)
+        refusal = self.store.take_lease(key, run, now)
         if refusal is Outcome.SKIPPED_DAILY_CAP:
             self._alert_once(
                 key,
                 "cap",
                 now,
+                alerts,
                 "Vonage top-up daily cap reached",
                 f"The balance is {balance.value:.2f} EUR, below {self.settings.threshold:.2f} EUR, but "
                 f"{self.settings.daily_topup_cap} top-ups were already sent today. No more top-ups until tomorrow (UTC).",
             )
         if refusal is not None:
-            return self._finish(key, run, now, RunResult(outcome=refusal, **base))
-        return self._finish(key, run, now, self._top_up(key, base, now))
+            return RunResult(outcome=refusal, **base)
+        return self._top_up(key, base, now, alerts)
 
-    def _top_up(self, key: str, base: dict[str, Any], now: float) -> RunResult:
+    def _died_mid_top_up(self, key: str, run: ScheduledRun) -> RunResult | None:
+        """An earlier attempt of this run took the lease and died before recording what happened:
+        the top-up may have been sent. Never send again: report UNKNOWN, let the balance confirm."""
+        lease = self.store.lease(key)
+        if lease.get("run") != run.key or lease.get("last_outcome") != "pending":
+            return None
+        logger.error("an earlier attempt of this run died after taking the top-up lease", scheduled_time=run.key)
+        self.store.record_lease_outcome(key, Outcome.TOPUP_UNKNOWN)
+        return RunResult(
+            outcome=Outcome.TOPUP_UNKNOWN, scheduled_time=run.key, detail="earlier attempt died mid top-up"
+        )
+
+    def _top_up(self, key: str, base: dict[str, Any], now: float, alerts: list[PendingAlert]) -> RunResult:
         trx = self._trx()
         if trx is None:
             self.store.record_lease_outcome(key, Outcome.TOPUP_FAILED)
-            self.alerts.send(
-                "Vonage top-up not possible", "No top-up reference (topup_trx) is configured in the secret."
+            alerts.append(
+                PendingAlert(
+                    subject="Vonage top-up not possible",
+                    message="No top-up reference (topup_trx) is configured in the secret.",
+                )
             )
             return RunResult(outcome=Outcome.TOPUP_FAILED, detail="no topup_trx configured", **base)
         metrics.add_metric(name="TopUpSent", unit=MetricUnit.Count, value=1)
@@ -372,7 +490,9 @@ class BalanceWatcher:
         except (errors.AutoReloadNotEnabledError, errors.TopUpRefusedError) as exc:
             self.store.record_lease_outcome(key, Outcome.TOPUP_REFUSED)
             self.store.note_alert(key, "topup", now)
-            self.alerts.send("Vonage top-up refused", f"Vonage refused the top-up: {exc.reason}.")
+            alerts.append(
+                PendingAlert(subject="Vonage top-up refused", message=f"Vonage refused the top-up: {exc.reason}.")
+            )
             return RunResult(outcome=Outcome.TOPUP_REFUSED, detail=exc.reason, **base)
         except errors.AccountApiError as exc:
             unknown = errors.outcome_unknown(exc)
@@ -382,18 +502,22 @@ class BalanceWatcher:
             logger.error(
                 "top-up did not report success", outcome=str(outcome), error=type(exc).__name__, reason=exc.message
             )
-            self.alerts.send(
-                "Vonage top-up outcome unknown" if unknown else "Vonage top-up failed",
-                f"The top-up request {'may have been processed' if unknown else 'was not processed'} "
-                f"({type(exc).__name__}). It is not retried; the lease is kept for "
-                f"{self.settings.topup_cooldown_minutes} minutes and later runs confirm from the balance.",
+            alerts.append(
+                PendingAlert(
+                    subject="Vonage top-up outcome unknown" if unknown else "Vonage top-up failed",
+                    message=f"The top-up request {'may have been processed' if unknown else 'was not processed'} "
+                    f"({type(exc).__name__}). It is not retried; the lease is kept for "
+                    f"{self.settings.topup_cooldown_minutes} minutes and later runs confirm from the balance.",
+                )
             )
             return RunResult(outcome=outcome, detail=type(exc).__name__, **base)
         self.store.record_lease_outcome(key, Outcome.TOPUP_SUCCEEDED)
-        self.alerts.send(
-            "Vonage top-up sent",
-            f"The balance was {base['balance']:.2f} EUR, below {self.settings.threshold:.2f} EUR: one top-up was "
-            "sent and accepted. The balance shows it within minutes.",
+        alerts.append(
+            PendingAlert(
+                subject="Vonage top-up sent",
+                message=f"The balance was {base['balance']:.2f} EUR, below {self.settings.threshold:.2f} EUR: one "
+                "top-up was sent and accepted. The balance shows it within minutes.",
+            )
         )
         return RunResult(outcome=Outcome.TOPUP_SUCCEEDED, **base)
 
@@ -412,39 +536,53 @@ class BalanceWatcher:
         return trx
 
     def _invalid_balance(
-        self, key: str, run: ScheduledRun, now: float, exc: errors.UnreadableResponseError
+        self, key: str, run: ScheduledRun, now: float, exc: errors.UnreadableResponseError, alerts: list[PendingAlert]
     ) -> RunResult:
         logger.error("balance unreadable or invalid: no top-up", reason=exc.message)
         self._alert_once(
             key,
             "invalid_balance",
             now,
+            alerts,
             "Vonage balance unreadable",
             f"The balance answer could not be used ({exc.message}). No top-up is sent until it reads correctly.",
         )
         return RunResult(outcome=Outcome.INVALID_BALANCE, scheduled_time=run.key, detail=exc.message)
 
-    def _alert_once(self, key: str, kind: str, now: float, subject: str, message: str) -> None:
+    def _alert_once(
+        self, key: str, kind: str, now: float, alerts: list[PendingAlert], subject: str, message: str
+    ) -> None:
         if self.store.should_alert(key, kind, now):
-            self.alerts.send(subject, message)
+            alerts.append(PendingAlert(subject=subject, message=message))
         else:
             logger.info("alert suppressed by the alert cooldown", kind=kind)
 
-    def _recovered(self, key: str, value: float) -> None:
+    def _recovered(self, key: str, value: float, alerts: list[PendingAlert]) -> None:
         lease = self.store.lease(key)
         if lease.get("last_outcome") == Outcome.TOPUP_UNKNOWN:
             self.store.record_lease_outcome(key, "confirmed_by_balance")
             logger.info("balance back above the threshold after an UNKNOWN top-up", balance=value)
         if self.store.end_episode(key):
-            self.alerts.send(
-                "Vonage balance recovered",
-                f"The balance is {value:.2f} EUR, at or above the threshold of {self.settings.threshold:.2f} EUR.",
+            alerts.append(
+                PendingAlert(
+                    subject="Vonage balance recovered",
+                    message=f"The balance is {value:.2f} EUR, at or above the threshold of "
+                    f"{self.settings.threshold:.2f} EUR.",
+                )
             )
 
-    def _finish(self, key: str, run: ScheduledRun, now: float, result: RunResult) -> RunResult:
+    # -- after the decision --------------------------------------------------------------------------
+
+    def _complete(
+        self, key: str, run: ScheduledRun, now: float, result: RunResult, alerts: list[PendingAlert]
+    ) -> RunResult:
+        """Metric, history row, alerts, finished: in that order, each safe to repeat."""
         metrics.add_metric(name=OUTCOME_METRICS[result.outcome], unit=MetricUnit.Count, value=1)
         self.store.record_history(key, run, result, now)
         logger.info(
             "balance check decided", outcome=str(result.outcome), balance=result.balance, scheduled_time=run.key
         )
+        for alert in alerts:
+            self.alerts.send(alert.subject, alert.message)
+        self.store.mark_finished(key, run)
         return result
