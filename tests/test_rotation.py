@@ -403,3 +403,52 @@ def test_handler_from_its_events_and_no_secret_anywhere(
     assert '"RotationFinished":[1.0]' in text and '"RotationFailed":[1.0]' in text
     for value in [*values, simmod.DEFAULT_TRX]:
         assert value not in text
+
+
+# -- after an operator's roll-back, with a stale intent tag, and with null fields -----------------
+
+
+def stage_of(harness: Harness, stage: str) -> str:
+    versions = harness.sm.describe_secret(SecretId=harness.arn)["VersionIdsToStages"]
+    return next(v for v, stages in versions.items() if stage in stages)
+
+
+def test_rotation_after_the_readmes_roll_back(harness: Harness) -> None:
+    """Two rotations (A -> B -> C), then the README's roll-back moves AWSCURRENT back to B. B's JSON
+    still says its previous was A, but the version staged AWSPREVIOUS is now C's: its slot is the one
+    to free, and the next rotation succeeds."""
+    harness.rotate()
+    harness.rotate()
+    b_version, c_version = stage_of(harness, "AWSPREVIOUS"), stage_of(harness, "AWSCURRENT")
+    harness.sm.update_secret_version_stage(
+        SecretId=harness.arn, VersionStage="AWSCURRENT", MoveToVersionId=b_version, RemoveFromVersionId=c_version
+    )
+    assert stage_of(harness, "AWSPREVIOUS") == c_version  # Secrets Manager moves PREVIOUS along
+    b_id = harness.current()["secret_id"]
+    harness.rotate()
+    assert b_id in harness.sim.account()["secret_ids"]  # the rolled-back-to secret is kept
+    assert harness.current()["secret_id"] != b_id
+
+
+def test_a_stale_intent_tag_never_licenses_revoking_a_secret(harness: Harness) -> None:
+    """An attempt tagged its intent, failed and was cancelled; an operator then adds a second secret
+    for another integration. The next rotation must refuse, not take it for the dead attempt's orphan."""
+    harness.sim.fault("createAPISecret", status=500)
+    with pytest.raises(Exception):  # noqa: B017 - surfaces through moto
+        harness.rotate()
+    tags = harness.sm.describe_secret(SecretId=harness.arn).get("Tags", [])
+    assert any(t["Key"] == "account-ops:rotation-intent" for t in tags)  # the attempt's tag stays
+    harness.sm.cancel_rotate_secret(SecretId=harness.arn)
+    other = harness.sim.control("POST", "/_sim/secrets", {"secret": "Other-Integration-7"})["id"]
+    harness.protected.add(other)
+    harness.rotate_fails("neither AWSCURRENT nor AWSPREVIOUS")
+    assert other in harness.sim.account()["secret_ids"]
+
+
+def test_every_field_is_carried_over_exactly_a_null_included(harness: Harness) -> None:
+    value = json.loads(vonage_secret_value(secret_id=harness.current()["secret_id"]))
+    value.update(note=None, team={"owner": "ops", "pager": None}, tags=[1, None])
+    harness.sm.put_secret_value(SecretId=harness.arn, SecretString=json.dumps(value))
+    harness.rotate()
+    after = harness.current()
+    assert (after["note"], after["team"], after["tags"]) == (None, {"owner": "ops", "pager": None}, [1, None])

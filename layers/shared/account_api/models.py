@@ -67,8 +67,11 @@ class Credentials(BaseModel):
         """The JSON stored in Secrets Manager, with the real values (never log this)."""
         import json
 
-        data = self.model_dump(exclude_none=True)
+        data = self.model_dump()  # extra fields exactly as they were, a null included
         data["api_secret"] = self.api_secret.get_secret_value()
+        for name in ("secret_id", "topup_trx"):  # our own optional fields: absent when unset
+            if data.get(name) is None:
+                data.pop(name, None)
         if self.topup_trx is not None:
             data["topup_trx"] = self.topup_trx.get_secret_value()
         return json.dumps(data, sort_keys=True)

@@ -23,12 +23,11 @@ import os
 import secrets
 import string
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from . import aws_clients, errors
+from . import aws_clients, deadline, errors
 from .client import API_BASE_URL, REST_BASE_URL, AccountClient, ClientOptions
 from .config import timeouts
 from .credentials import parse_credentials
@@ -37,6 +36,18 @@ from .observability import MetricUnit, logger, metrics
 
 INTENT_TAG = "account-ops:rotation-intent"
 ALPHABET = string.ascii_letters + string.digits
+
+
+# Vonage's created_at and our clock may disagree by this much.
+CLOCK_SKEW_SECONDS = 30
+
+
+class Intent(BaseModel):
+    """The intent tag: which attempt is creating a Vonage secret, from when, until when at most."""
+
+    token: str
+    tagged_at: float
+    until: float
 
 
 class RotationError(Exception):
@@ -147,19 +158,22 @@ class Rotator:
         manager = self._manager(current)
         listed = self._list(manager, current)
         current_id = self._current_id(arn, current, listed)
-        # PREVIOUS's id: recorded by the rotation that made it PREVIOUS (an adopted id is not in
-        # the old version's JSON, which cannot be changed), else from the AWSPREVIOUS version.
+        # PREVIOUS's id: the version actually staged AWSPREVIOUS says it (also after an operator's
+        # roll-back moved the stages). Only an adopted secret has no id in its own JSON, which
+        # cannot be changed; the rotation that made it PREVIOUS recorded it in AWSCURRENT's JSON.
         previous = self._read(arn, stage="AWSPREVIOUS")
-        previous_id = (current.model_extra or {}).get("previous_secret_id") or (
-            previous.secret_id if previous else None
+        previous_id = (previous.secret_id if previous else None) or (current.model_extra or {}).get(
+            "previous_secret_id"
         )
+        if previous_id == current_id:
+            previous_id = None
         intent = self._intent(arn)
         for info in listed:
             if info.id == current_id:
                 continue
             if info.id == previous_id:
                 self._revoke(manager, current, info.id, "freeing the slot of AWSPREVIOUS")
-            elif self._created_by_unfinished_rotation(arn, intent, info):
+            elif self._created_by_unfinished_rotation(arn, token, intent, info):
                 self._revoke(manager, current, info.id, "revoking the secret of a rotation attempt that never finished")
             else:
                 raise RotationError(
@@ -283,30 +297,40 @@ class Rotator:
         except errors.SecretNotFoundError:
             logger.info("already revoked", secret_id=secret_id)
 
-    def _intent(self, arn: str) -> tuple[str, datetime] | None:
+    def _intent(self, arn: str) -> Intent | None:
         tags = self.sm.describe_secret(SecretId=arn).get("Tags", [])
         value = next((t["Value"] for t in tags if t.get("Key") == INTENT_TAG), "")
-        token, _, stamp = value.partition("|")
+        token, _, stamps = value.partition("|")
+        tagged, _, until = stamps.partition("|")
+        if not 32 <= len(token) <= 64:  # not a version id of ours: a tag nobody should act on
+            return None
         try:
-            return token, datetime.fromtimestamp(float(stamp), UTC)
+            return Intent(token=token, tagged_at=float(tagged), until=float(until or tagged))
         except ValueError:
             return None
 
-    def _created_by_unfinished_rotation(self, arn: str, intent: tuple[str, datetime] | None, info: SecretInfo) -> bool:
-        """Whether a Vonage secret was created by a rotation attempt that did not finish: the intent
-        tag names that attempt's token; its pending version holds the id, or (if the attempt died
-        before storing it) the secret was created after the intent was recorded. Nobody reads a
-        secret that never became AWSCURRENT, so revoking it loses nothing."""
+    def _created_by_unfinished_rotation(self, arn: str, token: str, intent: Intent | None, info: SecretInfo) -> bool:
+        """Whether a Vonage secret is the orphan of a rotation attempt that never finished. Proven
+        when the attempt's own pending version holds its id. Otherwise (the attempt died between
+        creating the secret and storing its id) only for a retry of that same attempt (the same
+        token: Secrets Manager retries a rotation with it), and only for a secret created while the
+        attempt could still run, between its intent tag and its deadline. Nobody reads a secret that
+        never became AWSCURRENT, so revoking it loses nothing. Anything else (a stale tag of another
+        attempt, a secret an operator added) is not ours: refuse, revoke nothing."""
         if intent is None:
             return False
-        intent_token, intent_time = intent
-        stored = self._read(arn, version_id=intent_token)
-        if stored is not None and (stored.model_extra or {}).get("rotation_token") == intent_token:
+        stored = self._read(arn, version_id=intent.token)
+        if stored is not None and (stored.model_extra or {}).get("rotation_token") == intent.token:
             return stored.secret_id == info.id
-        return info.created_at >= intent_time - timedelta(seconds=30)
+        if intent.token != token:
+            return False
+        created = info.created_at.timestamp()
+        return intent.tagged_at - CLOCK_SKEW_SECONDS <= created <= intent.until + CLOCK_SKEW_SECONDS
 
     def _tag_intent(self, arn: str, token: str) -> None:
-        self.sm.tag_resource(SecretId=arn, Tags=[{"Key": INTENT_TAG, "Value": f"{token}|{time.time():.0f}"}])
+        now = time.time()
+        until = now + (deadline.remaining() or 900.0)  # the attempt cannot create anything after this
+        self.sm.tag_resource(SecretId=arn, Tags=[{"Key": INTENT_TAG, "Value": f"{token}|{now:.0f}|{until:.0f}"}])
 
     def _clear_intent(self, arn: str) -> None:
         self.sm.untag_resource(SecretId=arn, TagKeys=[INTENT_TAG])
