@@ -13,6 +13,7 @@ The handlers run unchanged: only environment variables differ from a deployment.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import json
@@ -144,9 +145,18 @@ def proxy_event(method: str, raw_path: str, headers: dict[str, str], body: bytes
             "domainName": "127.0.0.1",
             "apiId": "local",
         },
-        "body": body.decode() if body else None,
-        "isBase64Encoded": False,
+        **_body_fields(body),
     }
+
+
+def _body_fields(body: bytes) -> dict[str, Any]:
+    """Text bodies as text; anything that is not UTF-8 base64-encoded, as API Gateway passes it."""
+    if not body:
+        return {"body": None, "isBase64Encoded": False}
+    try:
+        return {"body": body.decode("utf-8"), "isBase64Encoded": False}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(body).decode("ascii"), "isBase64Encoded": True}
 
 
 class ApiGatewayServer(ThreadingHTTPServer):
@@ -195,7 +205,11 @@ class _ApiGatewayHandler(BaseHTTPRequestHandler):
             f"api: {self.command} {event['path']} as {LOCAL_IDENTITY} (local identity, no IAM) -> {response['statusCode']}"
         )
 
-    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _proxy
+    def __getattr__(self, name: str) -> Any:
+        # every method reaches the handler, which answers 405 (with Allow) for what a path does not allow
+        if name.startswith("do_"):
+            return self._proxy
+        raise AttributeError(name)
 
 
 @dataclass

@@ -218,6 +218,55 @@ def test_unknown_route_and_wrong_method(api: ModuleType) -> None:
     assert body["title"] == "Method not allowed"
 
 
+def test_get_on_the_rotate_route_is_405_not_a_secret_lookup(api: ModuleType, sim: Sim) -> None:
+    status, headers, _body = call(api, request("GET", "/secrets/rotate"))
+    assert (status, headers["Allow"], headers["Content-Type"]) == (405, "POST", "application/problem+json")
+    assert sim.requests() == []  # Vonage was never asked for a secret called "rotate"
+
+
+def with_content_type(method: str, path: str, body: str, media_type: str | None) -> dict[str, Any]:
+    event = request(method, path, body)
+    for source in ("headers", "multiValueHeaders"):
+        event[source] = {k: v for k, v in event[source].items() if k.lower() != "content-type"}
+    if media_type is not None:
+        event["headers"]["content-type"] = media_type
+        event["multiValueHeaders"]["content-type"] = [media_type]
+    return event
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "text/plain",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+        "application/merge-patch+json",
+        "application/x-www-form-urlencoded",
+        None,
+    ],
+)
+def test_a_body_that_is_not_json_is_415(api: ModuleType, sim: Sim, media_type: str | None) -> None:
+    event = with_content_type("PUT", "/settings", json.dumps({"moCallbackUrl": ""}), media_type)
+    status, headers, body = call(api, event)
+    assert (status, headers["Content-Type"]) == (415, "application/problem+json")
+    assert body["invalid_params"][0]["name"] == "Content-Type"
+    assert sim.requests() == []
+
+
+@pytest.mark.parametrize("media_type", ["APPLICATION/JSON", "application/json; charset=UTF-8", "Application/Json"])
+def test_json_is_json_in_any_case(api: ModuleType, media_type: str) -> None:
+    event = with_content_type("PUT", "/settings", json.dumps({"moCallbackUrl": ""}), media_type)
+    assert call(api, event)[0] == 200
+
+
+def test_the_body_limit_counts_bytes_not_characters(api: ModuleType, sim: Sim) -> None:
+    body = json.dumps({"moCallbackUrl": "https://hooks.example.com/" + "\u00e9" * 5000}, ensure_ascii=False)
+    assert len(body) < 8192 < len(body.encode())
+    status, _, problem = call(api, request("PUT", "/settings", body))
+    assert status == 413 and "bytes" in problem["detail"]
+    assert sim.requests() == []
+
+
 @pytest.mark.parametrize(
     ("fault", "status", "title"),
     [
@@ -293,3 +342,39 @@ def test_every_route_has_an_event_file() -> None:
 def test_openapi_document_is_current(api: ModuleType) -> None:
     committed = json.loads((ROOT / "functions" / "settings_api" / "openapi.json").read_text())
     assert committed == json.loads(api.openapi_document()), "run: make openapi"
+
+
+def test_openapi_document_describes_the_api_as_it_answers() -> None:
+    from openapi_spec_validator import validate
+
+    document = json.loads((ROOT / "functions" / "settings_api" / "openapi.json").read_text())
+    validate(document)
+    statuses = {
+        (method.upper(), path): sorted(int(s) for s in operation["responses"])
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    upstream = [502, 503, 504]
+    assert statuses == {
+        ("GET", "/settings"): [200, *upstream],
+        ("PUT", "/settings"): [200, 400, 413, 415, 422, *upstream],
+        ("GET", "/balance"): [200, *upstream],
+        ("GET", "/secrets"): [200, *upstream],
+        ("POST", "/secrets/rotate"): [202, 409, 413, 415, 502],
+        ("GET", "/secrets/{secret_id}"): [200, 404, 405, 422, *upstream],
+        ("POST", "/senders"): [201, 400, 413, 415, 422, *upstream],
+    }
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400:
+                    assert answer["content"] == {
+                        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                    }
+    assert document["components"]["securitySchemes"]["sigv4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert document["security"] == [{"sigv4": []}]
+    assert document["servers"][0]["url"].endswith(".amazonaws.com/v1")
+    schemas = document["components"]["schemas"]
+    assert schemas["SettingsChangeRequest"]["minProperties"] == 1
+    assert schemas["SettingsChangeRequest"]["properties"]["moCallbackUrl"]["pattern"].startswith("^(|")
+    assert schemas["SenderRequest"]["properties"]["value"]["format"] == "email"

@@ -7,25 +7,28 @@ shapes the answer. Errors become RFC 7807 problems in one place (account_api.pro
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, Server, ServerVariable
 from aws_lambda_powertools.event_handler.openapi.params import Path
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
 
-from account_api import deadline
+from account_api import deadline, http
 from account_api import settings as service
 from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
 from account_api.observability import logger, metrics
-from account_api.problems import PROBLEM_CONTENT_TYPE, problem, problem_for
+from account_api.problems import PROBLEM_CONTENT_TYPE, Problem, problem, problem_for
+from account_api.version import __version__
 
 MAX_BODY_BYTES = 8 * 1024
-ROUTES = {  # path pattern -> allowed methods (for 405 answers)
+ROUTES = {  # path pattern -> allowed methods; the first pattern that matches decides (405 answers)
     r"/settings": {"GET", "PUT"},
     r"/balance": {"GET"},
     r"/secrets": {"GET"},
@@ -34,9 +37,43 @@ ROUTES = {  # path pattern -> allowed methods (for 405 answers)
     r"/senders": {"POST"},
 }
 
+# Every status an operation can answer; each error is an RFC 7807 problem (account_api.problems).
+_PROBLEM_TEXTS = {
+    400: "Malformed JSON or body",
+    404: "No such secret",
+    405: "Method not allowed for this path (see the Allow header)",
+    409: "A rotation is already in progress, or rotation is not configured",
+    413: "Body larger than 8 KiB",
+    415: "Body is not application/json",
+    422: "Invalid input (invalid_params names each field), a failed callback check, or Vonage refused it",
+    502: "Vonage or Secrets Manager failed, or refused the stored credentials",
+    503: "Vonage is rate limiting requests (see Retry-After)",
+    504: "Vonage did not answer in time, or the request ran out of time",
+}
+UPSTREAM = (502, 503, 504)
+
+
+def _answers(*statuses: int, success: tuple[int, str, type[BaseModel]]) -> dict[int, OpenAPIResponse]:
+    """The documented answers of an operation: its success and its problems."""
+    answers = {
+        status: OpenAPIResponse(description=_PROBLEM_TEXTS[status], content={PROBLEM_CONTENT_TYPE: {"model": Problem}})
+        for status in statuses
+    }
+    code, text, model = success
+    answers[code] = OpenAPIResponse(description=text, content={"application/json": {"model": model}})
+    return answers
+
+
 app = APIGatewayRestResolver(enable_validation=True)
 account = VonageAccount.from_environment()
 checker = CallbackChecker()
+_declared: dict[tuple[str, str], set[int]] = {}  # (METHOD, OpenAPI path) -> the statuses it documents
+
+
+def _route(method: str, path: str, *statuses: int, success: tuple[int, str, type[BaseModel]]) -> Any:
+    """Register a route with every answer it can give documented."""
+    _declared[(method, path.replace("<", "{").replace(">", "}"))] = {success[0], *statuses}
+    return app.route(path, method=method, responses=_answers(*statuses, success=success))
 
 
 def _problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
@@ -48,39 +85,48 @@ def _caller() -> str:
     return identity.user_arn or identity.caller or "unknown"
 
 
-@app.get("/settings")
+@_route("GET", "/settings", *UPSTREAM, success=(200, "The callback URLs and limits", service.SettingsView))
 def get_settings() -> service.SettingsView:
     return service.read_settings(account)
 
 
-@app.put("/settings")
+@_route(
+    "PUT",
+    "/settings",
+    400,
+    413,
+    415,
+    422,
+    *UPSTREAM,
+    success=(200, "Checked, then changed", service.SettingsChangeResult),
+)
 def put_settings(change: service.SettingsChangeRequest) -> service.SettingsChangeResult:
     return service.change_settings(account, change, checker, _caller())
 
 
-@app.get("/balance")
+@_route("GET", "/balance", *UPSTREAM, success=(200, "The balance", service.BalanceView))
 def get_balance() -> service.BalanceView:
     return service.read_balance(account)
 
 
-@app.get("/secrets")
+@_route("GET", "/secrets", *UPSTREAM, success=(200, "Ids and creation times", service.SecretsView))
 def get_secrets() -> service.SecretsView:
     return service.list_secrets(account)
 
 
-@app.post("/secrets/rotate")
+@_route("POST", "/secrets/rotate", 409, 413, 415, 502, success=(202, "Rotation started", service.RotationStarted))
 def rotate_secret() -> Response[service.RotationStarted]:
     return Response(
         status_code=202, content_type="application/json", body=service.request_rotation(account.store.secret_arn)
     )
 
 
-@app.get("/secrets/<secret_id>")
+@_route("GET", "/secrets/<secret_id>", 404, 405, 422, *UPSTREAM, success=(200, "One secret", service.SecretView))
 def get_secret(secret_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]) -> service.SecretView:
     return service.get_secret(account, secret_id)
 
 
-@app.post("/senders")
+@_route("POST", "/senders", 400, 413, 415, 422, *UPSTREAM, success=(201, "Sender registered", service.SenderView))
 def post_sender(sender: service.SenderRequest) -> Response[service.SenderView]:
     return Response(status_code=201, content_type="application/json", body=service.register_sender(account, sender))
 
@@ -110,23 +156,49 @@ def _failed(exc: Exception) -> Response[str]:
 
 @app.not_found
 def _not_found(exc: NotFoundError) -> Response[str]:
-    path = app.current_event.path
-    for pattern, methods in ROUTES.items():
-        if re.fullmatch(pattern, path) and app.current_event.http_method not in methods:
-            return _problem_response(
-                405,
-                problem(405, "Method not allowed", f"{path} allows {', '.join(sorted(methods))}."),
-                {"Allow": ", ".join(sorted(methods))},
-            )
-    return _problem_response(404, problem(404, "Not found", f"No route {path}."))
+    return _problem_response(404, problem(404, "Not found", f"No route {app.current_event.path}."))
 
 
 def openapi_document() -> str:
     """The API's OpenAPI document, generated from the routes (committed as openapi.json)."""
+    document = json.loads(_generated_document())
+    # The resolver documents a 422 on every route; keep it only where a route declares its own.
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if 422 not in _declared[(method.upper(), path)]:
+                operation["responses"].pop("422", None)
+    schemas = document["components"]["schemas"]
+    while unused := [n for n in schemas if f'"#/components/schemas/{n}"' not in json.dumps(document)]:
+        for name in unused:
+            del schemas[name]
+    return json.dumps(document, indent=2)
+
+
+def _generated_document() -> str:
     return app.get_openapi_json_schema(
         title="account-ops settings API",
-        version="1.0.0",
-        description="Callback URLs, balance, API secrets and senders of the Vonage account (AWS_IAM auth).",
+        version=__version__,
+        description="Callback URLs, balance, API secrets and senders of the Vonage account. Every request is "
+        "signed with AWS Signature Version 4 by a principal allowed execute-api:Invoke (AWS_IAM).",
+        servers=[
+            Server(
+                url="https://{restApiId}.execute-api.{region}.amazonaws.com/v1",
+                description="The stack's stage (the SettingsApiUrl output)",
+                variables={
+                    "restApiId": ServerVariable(default="abc123", description="The REST API's id"),
+                    "region": ServerVariable(default="eu-west-1", description="The stack's region"),
+                },
+            )
+        ],
+        security_schemes={
+            "sigv4": APIKey(
+                name="Authorization",
+                in_=APIKeyIn.header,
+                description="AWS Signature Version 4 (service execute-api), e.g. `account-ops` or awscurl",
+                openapi_extensions={"x-amazon-apigateway-authtype": "awsSigv4"},
+            )
+        },
+        security=[{"sigv4": []}],
     )
 
 
@@ -134,7 +206,7 @@ def openapi_document() -> str:
 @metrics.log_metrics(capture_cold_start_metric=True)
 @deadline.bounded(cap=deadline.API_GATEWAY_LIMIT_SECONDS)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    if len(event.get("body") or "") > MAX_BODY_BYTES:  # before any parsing
-        body = problem(413, "Body too large", f"The body must be at most {MAX_BODY_BYTES} bytes.")
-        return {"statusCode": 413, "headers": {"Content-Type": PROBLEM_CONTENT_TYPE}, "body": json.dumps(body)}
+    refusal = http.refuse_before_routing(event, ROUTES, MAX_BODY_BYTES)
+    if refusal is not None:  # wrong method, media type or size: answered before any parsing
+        return refusal
     return app.resolve(event, context)

@@ -41,9 +41,8 @@ SECRET_MAX_LENGTH = 25
 MAX_URL_LENGTH = 2048
 MAX_ANSWER_BYTES = 256 * 1024
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_EMAIL = re.compile(
-    r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
+EMAIL_PATTERN = r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
 _URL = re.compile(r"^https?://[^\s/?#@\\]+(?:[/?#][^\s\\]*)?$", re.IGNORECASE)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -7,10 +7,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from . import errors
 from .deadline import DeadlineExceededError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class InvalidParam(BaseModel):
+    name: str = Field(description="The field, header or parameter at fault")
+    reason: str = Field(description="Why it was refused")
+    detail: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 7807 problem details, as every error of the settings API is answered."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(default="about:blank")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    invalid_params: list[InvalidParam] | None = Field(default=None, description="The fields at fault (400, 415, 422)")
 
 
 class ApiProblem(Exception):

@@ -6,13 +6,13 @@ Each function takes and returns pydantic models; the handler only parses events 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Self
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import aws_clients
 from .callbacks import CallbackCheck, CallbackChecker
-from .client import MAX_URL_LENGTH, callback_url_violation
+from .client import EMAIL_PATTERN, MAX_URL_LENGTH, callback_url_violation
 from .credentials import VonageAccount
 from .models import AccountSettings
 from .observability import MetricUnit, logger, metrics
@@ -23,14 +23,29 @@ class _ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False, frozen=True)
 
 
+# The shapes the validators below enforce, stated in the OpenAPI document (ECMA-262 regexes).
+CALLBACK_URL_PATTERN = r"^(|[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f/?#@\\]+([/?#][^\x00-\x20\x7f\\]*)?)$"
+APPLICATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 class SettingsChangeRequest(_ApiModel):
     """Body of PUT /settings: either URL or both; an empty string unsets that URL."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"minProperties": 1})
+
     mo_callback_url: str | None = Field(
-        default=None, alias="moCallbackUrl", max_length=MAX_URL_LENGTH, description="Inbound SMS webhook"
+        default=None,
+        alias="moCallbackUrl",
+        max_length=MAX_URL_LENGTH,
+        description='Inbound SMS webhook: an absolute http(s) URL that answers 200 (checked first), or "" to unset',
+        json_schema_extra={"pattern": CALLBACK_URL_PATTERN},
     )
     dr_callback_url: str | None = Field(
-        default=None, alias="drCallbackUrl", max_length=MAX_URL_LENGTH, description="Delivery receipt webhook"
+        default=None,
+        alias="drCallbackUrl",
+        max_length=MAX_URL_LENGTH,
+        description='Delivery receipt webhook: an absolute http(s) URL that answers 200 (checked first), or "" to unset',
+        json_schema_extra={"pattern": CALLBACK_URL_PATTERN},
     )
 
     @field_validator("mo_callback_url", "dr_callback_url")
@@ -94,9 +109,16 @@ class SecretsView(BaseModel):
 
 
 class SenderRequest(_ApiModel):
-    value: str = Field(min_length=3, max_length=254, description="Email address of the sender")
+    value: str = Field(
+        min_length=3,
+        max_length=254,
+        description="Email address of the sender",
+        json_schema_extra={"format": "email", "pattern": EMAIL_PATTERN},
+    )
     name: str | None = Field(default=None, min_length=1, max_length=256)
-    applicationIds: list[str] | None = Field(default=None, max_length=50)
+    applicationIds: list[Annotated[str, Field(pattern=APPLICATION_ID_PATTERN)]] | None = Field(
+        default=None, max_length=50
+    )
 
 
 class SenderView(BaseModel):
