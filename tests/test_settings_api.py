@@ -218,6 +218,37 @@ def test_unknown_route_and_wrong_method(api: ModuleType) -> None:
     assert body["title"] == "Method not allowed"
 
 
+def test_a_hostile_callback_cannot_hold_the_api_past_its_check_deadline(
+    vonage_secret: str, sim: Sim, hooks: webhooks.WebhookServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the whole handler: a URL whose server trickles its status line answers 422 timeout
+    at the configured check deadline (1 s here), long before API Gateway's 29 s."""
+    import time
+
+    from account_api import config
+
+    for name, value in {
+        "VONAGE_SECRET_ARN": vonage_secret,
+        "VONAGE_REST_BASE_URL": sim.url,
+        "VONAGE_API_BASE_URL": sim.url,
+        "UNSAFE_CALLBACK_ALLOW_HOSTS": "localhost",
+        "CALLBACK_CHECK_TIMEOUT_SECONDS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config.timeouts.cache_clear()
+    try:
+        api = load_handler("settings_api")
+        started = time.monotonic()
+        status, _, body = call(
+            api, with_body("settings_put_settings.json", {"moCallbackUrl": f"{hooks.url}/trickle-status"})
+        )
+        assert time.monotonic() - started < 1.5
+    finally:
+        config.timeouts.cache_clear()
+    assert status == 422 and body["invalid_params"][0]["reason"] == "timeout"
+    assert sim.requests("changeAccountSettings") == []
+
+
 def test_get_on_the_rotate_route_is_405_not_a_secret_lookup(api: ModuleType, sim: Sim) -> None:
     status, headers, _body = call(api, request("GET", "/secrets/rotate"))
     assert (status, headers["Allow"], headers["Content-Type"]) == (405, "POST", "application/problem+json")

@@ -22,12 +22,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from . import aws_clients, deadline, errors
+from .config import ConfigurationError
 from .credentials import VonageAccount, read_credentials
 from .observability import MetricUnit, logger, metrics
-
-
-class ConfigurationError(ValueError):
-    """A watcher setting is missing or invalid; raised before any call to Vonage."""
 
 
 class Outcome(StrEnum):
