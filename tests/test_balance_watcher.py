@@ -450,3 +450,22 @@ def test_a_delivery_while_the_first_is_still_running_is_a_duplicate(stack: Stack
     assert store.claim_run("acct", run_at(0), ts(0.5)).state == "in_progress"
     # once the claiming invocation can no longer be running (its deadline passed), the run is taken over
     assert store.claim_run("acct", run_at(0), ts(5)).state == "claimed"
+
+
+def test_the_first_deploys_placeholder_is_a_state_not_an_error(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], json_logs: JsonLogs
+) -> None:
+    """After the first deploy the secret holds REPLACE_ME: one metric and one log line a run, no
+    exception (so no Lambda retries, nothing in the DLQ), no call to Vonage, nothing written."""
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=stack.resources.secret_arn, SecretString='{"api_key": "REPLACE_ME", "api_secret": "REPLACE_ME"}'
+    )
+    for name, value in stack.env.items():
+        monkeypatch.setenv(name, value)
+    app = load_handler("balance_watcher")
+    result = app.lambda_handler(load_event("balance_watcher_scheduled.json"), LambdaContext("balance-watcher"))
+    assert result["outcome"] == "not_configured"
+    out = capfd.readouterr().out
+    assert '"NotConfigured":[1.0]' in out
+    assert [e["level"] for e in json_logs.entries() if "placeholder" in e["message"]] == ["WARNING"]
+    assert stack.sim.requests() == [] and stack.history() == [] and stack.read_alerts() == []

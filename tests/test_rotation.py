@@ -452,3 +452,12 @@ def test_every_field_is_carried_over_exactly_a_null_included(harness: Harness) -
     harness.rotate()
     after = harness.current()
     assert (after["note"], after["team"], after["tags"]) == (None, {"owner": "ops", "pager": None}, [1, None])
+
+
+def test_placeholder_is_refused_before_anything_changes(harness: Harness) -> None:
+    harness.sm.put_secret_value(
+        SecretId=harness.arn, SecretString='{"api_key": "REPLACE_ME", "api_secret": "REPLACE_ME"}'
+    )
+    before = harness.sim.account()["secret_ids"]
+    harness.rotate_fails("placeholder")
+    assert harness.sim.account()["secret_ids"] == before

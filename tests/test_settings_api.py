@@ -249,6 +249,15 @@ def test_a_hostile_callback_cannot_hold_the_api_past_its_check_deadline(
     assert sim.requests("changeAccountSettings") == []
 
 
+def test_placeholder_credentials_answer_503_saying_what_to_do(api: ModuleType, sim: Sim, vonage_secret: str) -> None:
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=vonage_secret, SecretString='{"api_key": "REPLACE_ME", "api_secret": "REPLACE_ME"}'
+    )
+    status, headers, body = call(api, request("GET", "/balance"))
+    assert (status, body["title"], headers["Retry-After"]) == (503, "Not configured", "300")
+    assert "placeholder" in body["detail"] and sim.requests() == []
+
+
 def test_get_on_the_rotate_route_is_405_not_a_secret_lookup(api: ModuleType, sim: Sim) -> None:
     status, headers, _body = call(api, request("GET", "/secrets/rotate"))
     assert (status, headers["Allow"], headers["Content-Type"]) == (405, "POST", "application/problem+json")

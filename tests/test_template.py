@@ -54,7 +54,9 @@ def test_api_is_iam_authorised_without_data_tracing() -> None:
     for setting in props.get("MethodSettings", []):
         assert setting.get("DataTraceEnabled", False) is False
         assert setting["ThrottlingRateLimit"] and setting["ThrottlingBurstLimit"]
-    fmt = props["AccessLogSetting"]["Format"]
+    condition, access_log, off = props["AccessLogSetting"]["If"]
+    assert (condition, off) == ("AccessLogsOn", {"Ref": "AWS::NoValue"})
+    fmt = access_log["Format"]
     assert "$context.requestId" in fmt and "header" not in fmt.lower() and "body" not in fmt.lower()
 
 
@@ -114,7 +116,7 @@ def test_no_iam_statement_grants_star() -> None:
 
 def test_every_log_group_has_retention() -> None:
     groups = resources_of_type(TEMPLATE, "AWS::Logs::LogGroup")
-    assert len(groups) == 4  # three functions and the API's access log
+    assert len(groups) == 4  # three functions and the API's access log (when on)
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     for name, function in FUNCTIONS.items():  # each function logs to its own group, with retention
@@ -132,6 +134,7 @@ def test_alarms_cover_what_operators_need() -> None:
         "SettingsApiFunctionErrorsAlarm",
         "BalanceWatcherFunctionErrorsAlarm",
         "SecretRotationFunctionErrorsAlarm",
+        "VonageNotConfiguredAlarm",
     }
     assert set(alarms) == expected
     for alarm in alarms.values():
@@ -166,7 +169,7 @@ def test_metric_names_in_alarms_are_the_ones_the_code_publishes() -> None:
             m["MetricStat"]["Metric"]["Namespace"] for m in props.get("Metrics", []) if "MetricStat" in m
         ]
         for name, namespace in zip(names, namespaces, strict=True):
-            if namespace == "AccountOps":
+            if namespace == {"Sub": "AccountOps/${AWS::StackName}"}:
                 assert f'"{name}"' in code, name
 
 

@@ -39,6 +39,7 @@ class Outcome(StrEnum):
     DRY_RUN = "dry_run"
     DUPLICATE = "duplicate"
     INVALID_BALANCE = "invalid_balance"
+    NOT_CONFIGURED = "not_configured"
 
 
 # CloudWatch metric per outcome (the dashboard and alarms use these names).
@@ -54,6 +55,7 @@ OUTCOME_METRICS = {
     Outcome.DRY_RUN: "TopUpSkippedByDryRun",
     Outcome.DUPLICATE: "DuplicateRun",
     Outcome.INVALID_BALANCE: "InvalidBalance",
+    Outcome.NOT_CONFIGURED: "NotConfigured",
 }
 
 
@@ -381,7 +383,12 @@ class BalanceWatcher:
 
     def run(self, run: ScheduledRun, now: float | None = None) -> RunResult:
         now = time.time() if now is None else now
-        key = self.account.credentials().api_key
+        credentials = self.account.credentials()
+        if credentials.is_placeholder:  # the first deploy's state: say so once a run, never retry
+            logger.warning("not configured: the Vonage secret still holds the placeholder (README, Deploy)")
+            metrics.add_metric(name=OUTCOME_METRICS[Outcome.NOT_CONFIGURED], unit=MetricUnit.Count, value=1)
+            return RunResult(outcome=Outcome.NOT_CONFIGURED, scheduled_time=run.key, detail="placeholder credentials")
+        key = credentials.api_key
         claim = self.store.claim_run(key, run, now)
         if claim.state in ("finished", "in_progress"):
             logger.info(

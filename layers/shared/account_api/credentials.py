@@ -31,6 +31,16 @@ class CredentialsUnavailableError(errors.AccountApiError):
     """The Vonage secret could not be read or does not hold usable credentials."""
 
 
+class NotConfiguredError(CredentialsUnavailableError):
+    """The secret still holds the first deploy's placeholder: a state to report, not to retry."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the Vonage secret still holds the placeholder: put the real api_key, api_secret and topup_trx into it",
+            operation="configuration",
+        )
+
+
 def _unavailable(exc: BaseException) -> errors.AccountApiError:
     """What a failed read becomes. Names only the error's class: botocore's errors carry no secret
     value, but nothing of the answer is worth repeating either."""
@@ -140,6 +150,8 @@ class VonageAccount:
 
     def client(self, *, force_refresh: bool = False) -> AccountClient:
         creds = self.store.get(force=force_refresh)
+        if creds.is_placeholder:
+            raise NotConfiguredError
         with self._lock:
             if self._client is None or self._client_for != creds:
                 if self._client is not None:

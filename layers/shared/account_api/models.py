@@ -52,6 +52,10 @@ class SecretInfo(_WireModel):
     created_at: datetime
 
 
+# What the stack's first deploy puts in the secret until the operator fills it in.
+PLACEHOLDER = "REPLACE_ME"
+
+
 class Credentials(BaseModel):
     """What the Vonage secret in Secrets Manager holds. Extra fields are kept so that rotation
     can carry them over untouched."""
@@ -62,6 +66,11 @@ class Credentials(BaseModel):
     api_secret: SecretStr
     secret_id: str | None = None
     topup_trx: SecretStr | None = None
+
+    @property
+    def is_placeholder(self) -> bool:
+        """True until the operator put real credentials in (the first deploy's state, not an error)."""
+        return PLACEHOLDER in (self.api_key, self.api_secret.get_secret_value())
 
     def to_secret_string(self) -> str:
         """The JSON stored in Secrets Manager, with the real values (never log this)."""

@@ -66,6 +66,20 @@ def problem_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
             ),
             headers,
         )
+    from .credentials import NotConfiguredError
+
+    if isinstance(exc, NotConfiguredError):
+        headers["Retry-After"] = "300"
+        return (
+            503,
+            problem(
+                503,
+                "Not configured",
+                "The Vonage secret still holds the placeholder. Put the real api_key, api_secret and topup_trx "
+                "into it (README, Deploy), then try again.",
+            ),
+            headers,
+        )
     if isinstance(exc, errors.RateLimitedError):
         retry = int(exc.retry_after) if exc.retry_after is not None else 30
         headers["Retry-After"] = str(max(1, retry))

@@ -145,6 +145,11 @@ class Rotator:
     def _createSecret(self, arn: str, token: str) -> None:
         current = self._read(arn, stage="AWSCURRENT")
         assert current is not None
+        if current.is_placeholder:
+            raise RotationError(
+                "AWSCURRENT holds the placeholder, not Vonage credentials: put the real ones in first "
+                "(README, Deploy); nothing was created or revoked"
+            )
         pending = self._read(arn, version_id=token)
         if pending is not None and pending.model_extra and pending.model_extra.get("rotation_token") == token:
             if pending.secret_id and pending.secret_id in self._ids(self._manager(current), current):
