@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+SECRET_NAME = "account-ops/vonage"  # the template's ${ServiceName}/vonage with the default ServiceName
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -49,6 +50,18 @@ class LocalResources:
 def create_resources(session: Any, secret_string: str, template: dict[str, Any] | None = None) -> LocalResources:
     """Create every table and the topic the template declares, and the Vonage secret."""
     template = template or load_template()
+    tables = create_tables(session, template)
+    sns = session.client("sns")
+    [topic_id] = resources_of_type(template, "AWS::SNS::Topic")
+    topic_arn = sns.create_topic(Name=topic_id)["TopicArn"]
+    resources_of_type(template, "AWS::SecretsManager::Secret")  # exactly one, named as the template names it
+    secret_arn = session.client("secretsmanager").create_secret(Name=SECRET_NAME, SecretString=secret_string)["ARN"]
+    return LocalResources(tables=tables, topic_arn=topic_arn, secret_arn=secret_arn)
+
+
+def create_tables(session: Any, template: dict[str, Any] | None = None) -> dict[str, str]:
+    """Every DynamoDB table the template declares, with its key schema and TTL: logical id -> name."""
+    template = template or load_template()
     ddb = session.client("dynamodb")
     tables = {}
     for logical_id, resource in resources_of_type(template, "AWS::DynamoDB::Table").items():
@@ -63,14 +76,7 @@ def create_resources(session: Any, secret_string: str, template: dict[str, Any] 
         if ttl:
             ddb.update_time_to_live(TableName=logical_id, TimeToLiveSpecification=ttl)
         tables[logical_id] = logical_id
-    sns = session.client("sns")
-    [topic_id] = resources_of_type(template, "AWS::SNS::Topic")
-    topic_arn = sns.create_topic(Name=topic_id)["TopicArn"]
-    [secret_id] = resources_of_type(template, "AWS::SecretsManager::Secret")
-    secret_arn = session.client("secretsmanager").create_secret(
-        Name=f"account-ops/{secret_id}", SecretString=secret_string
-    )["ARN"]
-    return LocalResources(tables=tables, topic_arn=topic_arn, secret_arn=secret_arn)
+    return tables
 
 
 def sqs_messages_of_topic(session: Any, topic_arn: str) -> Any:

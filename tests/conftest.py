@@ -204,12 +204,17 @@ def vonage_secret_value(**overrides: Any) -> str:
 
 
 @pytest.fixture
-def vonage_secret(aws: None, sim: Sim) -> str:
+def vonage_secret(aws: None, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> str:
     """The Vonage secret in moto's Secrets Manager, with the simulator's account in it."""
     import boto3
 
+    from local import aws_resources
+
     sm = boto3.client("secretsmanager")
     arn: str = sm.create_secret(Name="account-ops/vonage", SecretString=vonage_secret_value())["ARN"]
+    tables = aws_resources.create_tables(boto3.Session())  # the watcher's tables, which the API also uses
+    monkeypatch.setenv("STATE_TABLE", tables["WatcherStateTable"])
+    monkeypatch.setenv("HISTORY_TABLE", tables["TopUpHistoryTable"])
     return arn
 
 
@@ -218,6 +223,26 @@ def load_handler(function: str) -> ModuleType:
     from local.stack import load_function
 
     return load_function(function)
+
+
+def local_invoke(function: str, event: str, state_file: Path) -> Any:
+    """`python -m local invoke FUNCTION -e EVENT` in a fresh process, against the stack whose state
+    file is given; everything else comes from that file."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(state_file)}
+    for name in ("AWS_ENDPOINT_URL", "VONAGE_SECRET_ARN"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "local", "invoke", function, "-e", event],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def load_event(name: str) -> dict[str, Any]:

@@ -165,6 +165,8 @@ def test_aws_retries_stop_at_the_invocation_deadline(
     timeouts(AWS_CONNECT_TIMEOUT_SECONDS="0.1", AWS_READ_TIMEOUT_SECONDS="0.5", AWS_MAX_ATTEMPTS="5")
     monkeypatch.setenv("AWS_ENDPOINT_URL", black_hole)
     monkeypatch.setenv("VONAGE_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:000000000000:secret:account-ops/vonage")
+    monkeypatch.setenv("STATE_TABLE", "state")
+    monkeypatch.setenv("HISTORY_TABLE", "history")
     app = load_handler("settings_api")
     started = time.monotonic()
     answer = app.lambda_handler(load_event("settings_get_balance.json"), ShortContext(2500))

@@ -469,3 +469,23 @@ def test_the_first_deploys_placeholder_is_a_state_not_an_error(
     assert '"NotConfigured":[1.0]' in out
     assert [e["level"] for e in json_logs.entries() if "placeholder" in e["message"]] == ["WARNING"]
     assert stack.sim.requests() == [] and stack.history() == [] and stack.read_alerts() == []
+
+
+def test_an_operators_pause_is_honoured_at_once_alerted_once_and_audited(stack: Stack) -> None:
+    from account_api.settings import read_history
+    from account_api.switch import TopUpSwitchChange, change_topup_switch, read_topup_switch
+
+    table = stack.env["STATE_TABLE"]
+    change_topup_switch(table, TopUpSwitchChange(paused=True, reason="card replaced"), "arn:aws:iam::1:user/ops")
+    assert read_topup_switch(table).changedBy == "arn:aws:iam::1:user/ops"
+    stack.sim.set(balance=3.0)
+    watcher = stack.watcher()
+    assert watcher.run(run_at(0), now=ts(0)).outcome is Outcome.SKIPPED_PAUSED
+    assert watcher.run(run_at(5), now=ts(5)).outcome is Outcome.SKIPPED_PAUSED
+    assert stack.topups() == 0
+    [alert] = stack.read_alerts()  # one alert for the pause, not one per run
+    assert "arn:aws:iam::1:user/ops" in alert["message"] and "card replaced" in alert["message"]
+    change_topup_switch(table, TopUpSwitchChange(paused=False), "arn:aws:iam::1:user/ops")
+    assert watcher.run(run_at(10), now=ts(10)).outcome is Outcome.TOPUP_SUCCEEDED
+    history = read_history(watcher.account, stack.env["HISTORY_TABLE"], days=3650)
+    assert [d.outcome for d in history.decisions] == ["topup_succeeded", "skipped_paused", "skipped_paused"]

@@ -175,6 +175,10 @@ def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
         api("GET", f"/secrets/{secret_id}"),
         api("PUT", "/settings", {"moCallbackUrl": f"{world.hooks.url}/ok"}),
         api("POST", "/senders", {"value": "ops@example.com"}),
+        api("GET", "/rotation"),
+        api("GET", "/topups"),
+        api("PUT", "/topups", {"paused": False, "reason": "least privilege"}),
+        api("GET", "/history"),
         api("POST", "/secrets/rotate"),
     ]
     answers = [app.lambda_handler(event, LambdaContext("settings_api"))["statusCode"] for event in requests]
@@ -255,8 +259,12 @@ def test_every_statement_names_its_intended_resource() -> None:
 
     assert resources_of("SettingsApiFunctionRole") == {
         "secretsmanager:GetSecretValue": {"VonageSecret"},
+        "secretsmanager:DescribeSecret": {"VonageSecret"},
         "secretsmanager:RotateSecret": {"VonageSecret"},
         "lambda:InvokeFunction": {"SecretRotationFunction"},
+        "dynamodb:GetItem": {"WatcherStateTable"},
+        "dynamodb:PutItem": {"WatcherStateTable"},
+        "dynamodb:Query": {"TopUpHistoryTable"},
     }
     watcher = resources_of("BalanceWatcherFunctionRole")
     assert watcher["secretsmanager:GetSecretValue"] == {"VonageSecret"}

@@ -179,7 +179,7 @@ def test_secrets_are_ids_and_times_never_values(api: ModuleType, sim: Sim, vonag
     event["pathParameters"] = {"secret_id": current_id}
     status, _, one = call(api, event)
     assert status == 200 and one["id"] == current_id
-    status, _, missing = call(api, load_event("settings_get_secret.json"))
+    status, _, missing = call(api, request("GET", "/secrets/0000-not-ours"))
     assert status == 404 and missing["title"] == "Not Found"
 
 
@@ -256,6 +256,29 @@ def test_placeholder_credentials_answer_503_saying_what_to_do(api: ModuleType, s
     status, headers, body = call(api, request("GET", "/balance"))
     assert (status, body["title"], headers["Retry-After"]) == (503, "Not configured", "300")
     assert "placeholder" in body["detail"] and sim.requests() == []
+
+
+def test_rotation_state_topup_switch_and_history_routes(api: ModuleType, sim: Sim) -> None:
+    status, _, state = call(api, request("GET", "/rotation"))
+    assert status == 200 and state["state"] == "idle" and state["currentVersion"] and not state["rotationEnabled"]
+    assert call(api, request("GET", "/topups"))[2] == {
+        "paused": False,
+        "reason": None,
+        "changedBy": None,
+        "changedAt": None,
+    }
+    status, _, switch = call(
+        api,
+        with_body("settings_put_settings.json", {"paused": True, "reason": "audit"})
+        | {"httpMethod": "PUT", "path": "/topups"},
+    )
+    assert status == 200 and switch["paused"] and switch["reason"] == "audit"
+    assert switch["changedBy"] == load_event("settings_put_settings.json")["requestContext"]["identity"]["userArn"]
+    assert call(api, request("GET", "/topups"))[2]["paused"] is True
+    status, _, history = call(api, request("GET", "/history") | {"queryStringParameters": {"days": "30"}})
+    assert status == 200 and history["days"] == 30 and history["decisions"] == []
+    status, _, problem = call(api, request("GET", "/history") | {"queryStringParameters": {"days": "365"}})
+    assert status == 422 and problem["invalid_params"][0]["name"] == "query.days"
 
 
 def test_get_on_the_rotate_route_is_405_not_a_secret_lookup(api: ModuleType, sim: Sim) -> None:
@@ -403,6 +426,11 @@ def test_openapi_document_describes_the_api_as_it_answers() -> None:
         ("POST", "/secrets/rotate"): [202, 409, 413, 415, 502],
         ("GET", "/secrets/{secret_id}"): [200, 404, 405, 422, *upstream],
         ("POST", "/senders"): [201, 400, 413, 415, 422, *upstream],
+        ("GET", "/rotation"): [200, *upstream],
+        ("GET", "/topups"): [200, *upstream],
+        ("PUT", "/topups"): [200, 400, 413, 415, 422, *upstream],
+        ("GET", "/history"): [200, 422, *upstream],
+        ("GET", "/version"): [200],
     }
     for operations in document["paths"].values():
         for operation in operations.values():
@@ -418,3 +446,12 @@ def test_openapi_document_describes_the_api_as_it_answers() -> None:
     assert schemas["SettingsChangeRequest"]["minProperties"] == 1
     assert schemas["SettingsChangeRequest"]["properties"]["moCallbackUrl"]["pattern"].startswith("^(|")
     assert schemas["SenderRequest"]["properties"]["value"]["format"] == "email"
+
+
+def test_every_log_line_and_the_api_report_the_release(api: ModuleType, json_logs: JsonLogs) -> None:
+    from account_api.version import __version__
+
+    status, _, body = call(api, request("GET", "/version"))
+    assert (status, body) == (200, {"version": __version__})
+    assert call(api, request("GET", "/secrets/not-a-secret-of-ours"))[0] == 404  # logged as refused
+    assert json_logs.entries() and all(e["version"] == __version__ for e in json_logs.entries())

@@ -13,13 +13,13 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, Server, ServerVariable
-from aws_lambda_powertools.event_handler.openapi.params import Path
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from account_api import deadline, http
+from account_api import deadline, http, switch
 from account_api import settings as service
 from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
@@ -35,6 +35,10 @@ ROUTES = {  # path pattern -> allowed methods; the first pattern that matches de
     r"/secrets/rotate": {"POST"},
     r"/secrets/[^/]+": {"GET"},
     r"/senders": {"POST"},
+    r"/rotation": {"GET"},
+    r"/topups": {"GET", "PUT"},
+    r"/history": {"GET"},
+    r"/version": {"GET"},
 }
 
 # Every status an operation can answer; each error is an RFC 7807 problem (account_api.problems).
@@ -67,6 +71,7 @@ def _answers(*statuses: int, success: tuple[int, str, type[BaseModel]]) -> dict[
 app = APIGatewayRestResolver(enable_validation=True)
 account = VonageAccount.from_environment()
 checker = CallbackChecker()
+tables = service.Tables.from_environment()
 _declared: dict[tuple[str, str], set[int]] = {}  # (METHOD, OpenAPI path) -> the statuses it documents
 
 
@@ -124,6 +129,31 @@ def rotate_secret() -> Response[service.RotationStarted]:
 @_route("GET", "/secrets/<secret_id>", 404, 405, 422, *UPSTREAM, success=(200, "One secret", service.SecretView))
 def get_secret(secret_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]) -> service.SecretView:
     return service.get_secret(account, secret_id)
+
+
+@_route("GET", "/rotation", *UPSTREAM, success=(200, "Where the rotation stands", service.RotationState))
+def get_rotation() -> service.RotationState:
+    return service.rotation_state(account.store.secret_arn)
+
+
+@_route("GET", "/topups", *UPSTREAM, success=(200, "Whether top-ups are paused, by whom and why", switch.TopUpSwitch))
+def get_topups() -> switch.TopUpSwitch:
+    return switch.read_topup_switch(tables.state_table)
+
+
+@_route("PUT", "/topups", 400, 413, 415, 422, *UPSTREAM, success=(200, "The switch as set", switch.TopUpSwitch))
+def put_topups(change: switch.TopUpSwitchChange) -> switch.TopUpSwitch:
+    return switch.change_topup_switch(tables.state_table, change, _caller())
+
+
+@_route("GET", "/history", 422, *UPSTREAM, success=(200, "The watcher's decisions, newest first", service.History))
+def get_history(days: Annotated[int, Query(ge=1, le=90)] = 7) -> service.History:
+    return service.read_history(account, tables.history_table, days)
+
+
+@_route("GET", "/version", success=(200, "The release of account-ops that answers", service.VersionView))
+def get_version() -> service.VersionView:
+    return service.VersionView(version=__version__)
 
 
 @_route("POST", "/senders", 400, 413, 415, 422, *UPSTREAM, success=(201, "Sender registered", service.SenderView))

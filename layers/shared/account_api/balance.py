@@ -22,9 +22,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from . import aws_clients, deadline, errors
-from .config import ConfigurationError
+from .config import ConfigurationError, model_from_environment
 from .credentials import VonageAccount, read_credentials
 from .observability import MetricUnit, logger, metrics
+from .switch import TOPUP_SWITCH_KEY, TopUpSwitch, topup_switch_of
 
 
 class Outcome(StrEnum):
@@ -40,6 +41,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     INVALID_BALANCE = "invalid_balance"
     NOT_CONFIGURED = "not_configured"
+    SKIPPED_PAUSED = "skipped_paused"
 
 
 # CloudWatch metric per outcome (the dashboard and alarms use these names).
@@ -56,6 +58,7 @@ OUTCOME_METRICS = {
     Outcome.DUPLICATE: "DuplicateRun",
     Outcome.INVALID_BALANCE: "InvalidBalance",
     Outcome.NOT_CONFIGURED: "NotConfigured",
+    Outcome.SKIPPED_PAUSED: "TopUpSkippedByPause",
 }
 
 
@@ -95,15 +98,7 @@ class WatcherSettings(BaseModel):
             "history_ttl_days": "HISTORY_TTL_DAYS",
             "topup_trx_secret_arn": "TOPUP_TRX_SECRET_ARN",
         }
-        raw = {field: env[var] for field, var in names.items() if var in env}
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{names.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'settings'}: {e['msg']}"
-                for e in exc.errors(include_input=False)
-            )
-            raise ConfigurationError(f"invalid balance watcher settings: {problems}") from None
+        return model_from_environment(cls, names, env, "balance watcher settings")
 
 
 class ScheduledRun(BaseModel):
@@ -113,6 +108,7 @@ class ScheduledRun(BaseModel):
     scheduled_time: datetime
     execution_id: str = ""
     attempt: int = 1
+    dry_run: bool = False  # an event can force a dry run (the smoke test does), never turn one off
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> ScheduledRun:
@@ -124,6 +120,7 @@ class ScheduledRun(BaseModel):
                 scheduled_time=datetime.fromisoformat(when.replace("Z", "+00:00")),
                 execution_id=str(event.get("executionId") or event.get("id") or ""),
                 attempt=int(event.get("attemptNumber") or 1),
+                dry_run=event.get("dryRun") is True,
             )
         except (ValueError, ValidationError):
             raise ConfigurationError("the event's scheduledTime is not an ISO 8601 time") from None
@@ -244,6 +241,13 @@ class WatcherStore:
     @staticmethod
     def _run_pk(account_key: str, run: ScheduledRun) -> str:
         return f"run#{account_key}#{run.key}"
+
+    def topup_switch(self) -> TopUpSwitch:
+
+        item = self.ddb.get_item(
+            TableName=self.settings.state_table, Key={"pk": {"S": TOPUP_SWITCH_KEY}}, ConsistentRead=True
+        ).get("Item")
+        return topup_switch_of(item)
 
     def lease(self, account_key: str) -> dict[str, Any]:
         item = self.ddb.get_item(
@@ -438,7 +442,7 @@ class BalanceWatcher:
                 "and auto-reload is off, so a top-up would be refused. Add credit in the Vonage dashboard.",
             )
             return RunResult(outcome=Outcome.LOW_ALERTED, **base)
-        if self.settings.dry_run:
+        if self.settings.dry_run or run.dry_run:
             self._alert_once(
                 key,
                 "dry_run",
@@ -449,6 +453,19 @@ class BalanceWatcher:
                 "sent now, but DRY_RUN is on.",
             )
             return RunResult(outcome=Outcome.DRY_RUN, **base)
+        switch = self.store.topup_switch()
+        if switch.paused:  # an operator's switch, honoured at once; one alert per pause
+            self._alert_once(
+                key,
+                f"paused_{int(switch.changedAt.timestamp()) if switch.changedAt else 0}",
+                now,
+                alerts,
+                f"Vonage top-ups paused: balance {balance.value:.2f} EUR",
+                f"The balance is {balance.value:.2f} EUR, below {self.settings.threshold:.2f} EUR, but top-ups were "
+                f"paused by {switch.changedBy or 'an operator'} ({switch.reason or 'no reason given'}). "
+                "Resume with `account-ops resume-topups`.",
+            )
+            return RunResult(outcome=Outcome.SKIPPED_PAUSED, **base)
         refusal = self.store.take_lease(key, run, now)
         if refusal is Outcome.SKIPPED_DAILY_CAP:
             self._alert_once(

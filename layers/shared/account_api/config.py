@@ -42,16 +42,24 @@ class Timeouts(BaseModel):
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> Timeouts:
-        env = os.environ if env is None else env
-        raw = {field: env[name] for field, name in ENVIRONMENT_NAMES.items() if env.get(name)}
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{ENVIRONMENT_NAMES.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else 'timeouts'}: {e['msg']}"
-                for e in exc.errors(include_input=False)
-            )
-            raise ConfigurationError(f"invalid timeout settings: {problems}") from None
+        return model_from_environment(cls, ENVIRONMENT_NAMES, env, "timeout settings")
+
+
+def model_from_environment[SettingsT: BaseModel](
+    model: type[SettingsT], names: Mapping[str, str], env: Mapping[str, str] | None, what: str
+) -> SettingsT:
+    """Validate the variables `names` maps (field -> variable) into `model`; an unset or empty one
+    takes the field's default. The error names each variable at fault, never its value."""
+    env = os.environ if env is None else env
+    raw = {field: env[name] for field, name in names.items() if env.get(name)}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{names.get(str(e['loc'][0]), e['loc'][0]) if e['loc'] else what}: {e['msg']}"
+            for e in exc.errors(include_input=False)
+        )
+        raise ConfigurationError(f"invalid {what}: {problems}") from None
 
 
 @cache

@@ -12,7 +12,10 @@ import warnings
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.metrics import Metrics, MetricUnit
 
+from .version import __version__
+
 logger = Logger()
+logger.append_keys(version=__version__)  # every log line says which release wrote it
 metrics = Metrics()
 
 # An invocation that decided nothing worth a metric (a GET on the settings API) is normal; API

@@ -5,8 +5,8 @@ Each function takes and returns pydantic models; the handler only parses events 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Self
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -212,3 +212,117 @@ def request_rotation(secret_arn: str) -> RotationStarted:
         raise ApiProblem(502, "Secrets Manager refused the rotation", f"RotateSecret failed ({code}).") from None
     logger.info("rotation requested", version_id=response.get("VersionId"))
     return RotationStarted(versionId=response.get("VersionId"))
+
+
+# -- rotation state, the top-up switch, the watcher's history -------------------------------------
+
+
+class Tables(BaseModel):
+    """The watcher's tables, which the API reads (history) and writes (the top-up switch)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state_table: str = Field(min_length=1)
+    history_table: str = Field(min_length=1)
+
+    @classmethod
+    def from_environment(cls) -> Tables:
+        import os
+
+        from .config import ConfigurationError
+
+        try:
+            return cls(state_table=os.environ.get("STATE_TABLE", ""), history_table=os.environ.get("HISTORY_TABLE", ""))
+        except ValueError:
+            raise ConfigurationError("STATE_TABLE and HISTORY_TABLE must name the watcher's tables") from None
+
+
+class RotationState(BaseModel):
+    rotationEnabled: bool
+    state: Literal["idle", "in_progress"]
+    currentVersion: str | None = None
+    pendingVersion: str | None = None
+    pendingSecretCreated: bool = Field(
+        default=False, description="createSecret has created the new Vonage secret and stored it as AWSPENDING"
+    )
+    lastRotatedAt: datetime | None = None
+    nextRotationAt: datetime | None = None
+
+
+def rotation_state(secret_arn: str) -> RotationState:
+    """Where the rotation stands, from Secrets Manager's own record (no secret value is returned)."""
+    from .credentials import read_credentials
+
+    sm = aws_clients.client("secretsmanager")
+    described = sm.describe_secret(SecretId=secret_arn)
+    versions: dict[str, list[str]] = described.get("VersionIdsToStages", {})
+    current = next((v for v, stages in versions.items() if "AWSCURRENT" in stages), None)
+    pending = next((v for v, stages in versions.items() if "AWSPENDING" in stages and "AWSCURRENT" not in stages), None)
+    created = False
+    if pending:
+        try:
+            extra = read_credentials(secret_arn, version_id=pending).model_extra or {}
+            created = extra.get("rotation_token") == pending
+        except Exception:  # a pending version without a value yet: createSecret has not stored it
+            created = False
+    return RotationState(
+        rotationEnabled=bool(described.get("RotationEnabled")),
+        state="in_progress" if pending else "idle",
+        currentVersion=current,
+        pendingVersion=pending,
+        pendingSecretCreated=created,
+        lastRotatedAt=described.get("LastRotatedDate"),
+        nextRotationAt=described.get("NextRotationDate"),
+    )
+
+
+class Decision(BaseModel):
+    scheduledTime: str
+    recordedAt: str | None = None
+    outcome: str
+    balance: float | None = None
+    autoReload: bool | None = None
+    detail: str | None = None
+
+
+class History(BaseModel):
+    account: str
+    days: int
+    decisions: list[Decision]
+
+
+def read_history(account: VonageAccount, history_table: str, days: int) -> History:
+    """The watcher's decisions of the last `days` days, newest first."""
+    key = account.credentials().api_key
+    since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    items = (
+        aws_clients.client("dynamodb")
+        .query(
+            TableName=history_table,
+            KeyConditionExpression="account = :a AND #at >= :since",
+            ExpressionAttributeNames={"#at": "at"},
+            ExpressionAttributeValues={":a": {"S": key}, ":since": {"S": since}},
+            ScanIndexForward=False,
+            Limit=500,
+        )
+        .get("Items", [])
+    )
+    return History(
+        account=key,
+        days=days,
+        decisions=[
+            Decision(
+                scheduledTime=item["scheduled_time"]["S"],
+                recordedAt=item.get("recorded_at", {}).get("S"),
+                outcome=item["outcome"]["S"],
+                balance=float(item["balance"]["N"]) if "balance" in item else None,
+                autoReload=item["auto_reload"]["BOOL"] if "auto_reload" in item else None,
+                detail=item.get("detail", {}).get("S"),
+            )
+            for item in items
+        ],
+    )
+
+
+class VersionView(BaseModel):
+    version: str
