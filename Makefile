@@ -34,40 +34,51 @@ help:
 python:
 	@if [ -z "$(PYTHON)" ]; then echo "error: Python $(PYTHON_VERSION) is required (the Lambda runtime's version); install it (e.g. 'pyenv install $(PYTHON_VERSION)') and run make again" >&2; exit 1; fi
 
-$(STAMP): requirements-dev.txt layers/shared/requirements.txt | python
+$(STAMP): requirements-dev.txt layers/shared/requirements.txt pyproject.toml | python
+	@echo "make: creating .venv (project, test tools and the account-ops CLI) from requirements-dev.txt; about a minute on a new machine"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install --quiet --no-deps -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps -e .
+	@$(PY) -c "import account_ops, moto, schemathesis" 2>/dev/null || $(PY) -m pip install -r requirements-dev.txt
 	@touch $@
 
 $(STAMP_SAM): requirements-sam.txt | python
+	@echo "make: creating .venv-sam (the SAM CLI, apart: it pins its own boto3 and pydantic); about a minute on a new machine"
 	@test -x $(VENV_SAM)/bin/python || $(PYTHON) -m venv $(VENV_SAM)
-	$(VENV_SAM)/bin/python -m pip install --quiet -r requirements-sam.txt
+	@$(VENV_SAM)/bin/python -m pip install --quiet -r requirements-sam.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(VENV_SAM)/bin/sam --version >/dev/null 2>&1 || $(VENV_SAM)/bin/python -m pip install -r requirements-sam.txt
 	@touch $@
 
 # The naive handler the benchmark compares against (Tracer, X-Ray SDK, Idempotency): never in the layer.
 $(STAMP_BENCH): requirements-bench.txt | python
+	@echo "make: creating .venv-bench (only the naive handler the benchmark compares against)"
 	@test -x $(VENV_BENCH)/bin/python || $(PYTHON) -m venv $(VENV_BENCH)
-	$(VENV_BENCH)/bin/python -m pip install --quiet -r requirements-bench.txt
+	@$(VENV_BENCH)/bin/python -m pip install --quiet -r requirements-bench.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(VENV_BENCH)/bin/python -c "import aws_lambda_powertools, boto3" 2>/dev/null || $(VENV_BENCH)/bin/python -m pip install -r requirements-bench.txt
 	@touch $@
 
 venv: $(STAMP) $(STAMP_SAM)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	@echo "make: ruff (lint and format)"
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict layers/shared/account_api
+	@echo "make: mypy (strict on the layer; each handler; the local stack; the CLI)"
+	@$(VENV)/bin/mypy --strict layers/shared/account_api
 	@# each handler on its own: Lambda imports every one of them as the top-level module "app"
-	@for f in $(wildcard functions/*/app.py); do echo "mypy $$f"; $(VENV)/bin/mypy $$f || exit 1; done
-	$(VENV)/bin/mypy local
+	@for f in $(wildcard functions/*/app.py); do $(VENV)/bin/mypy $$f >/dev/null || { $(VENV)/bin/mypy $$f; exit 1; }; done
+	@$(VENV)/bin/mypy local account_ops
 
 validate: $(STAMP_SAM)
-	$(SAM) validate --lint --template template.yaml
+	@echo "make: sam validate --lint (cfn-lint)"
+	@$(SAM) validate --lint --template template.yaml
 
 unit: $(STAMP) build  # the built layer is tested too (tests/test_built_layer.py)
-	$(PY) -m pytest
+	@echo "make: pytest (client, functions, local stack, deploy rules, least privilege, API fuzzing, CLI)"
+	@$(PY) -m pytest
 
 # bench-quick: make bench runs (few repetitions, prints only); performance is never a pass/fail test here.
 test: lint typecheck validate unit bench-quick
@@ -77,7 +88,10 @@ test: lint typecheck validate unit bench-quick
 PYTHON_EXE = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 
 build: $(STAMP_SAM) | python
-	PATH="$(dir $(PYTHON_EXE)):$$PATH" PYTHON="$(PYTHON_EXE)" $(SAM) build --template template.yaml
+	@echo "make: sam build (arm64, Python 3.13, no Docker) into .aws-sam/build"
+	@mkdir -p .aws-sam
+	@PATH="$(dir $(PYTHON_EXE)):$$PATH" PYTHON="$(PYTHON_EXE)" $(SAM) build --template template.yaml > .aws-sam/build.log 2>&1 \
+		|| { cat .aws-sam/build.log; exit 1; }
 
 local: $(STAMP)
 	$(PY) -m local up
@@ -86,13 +100,15 @@ demo: $(STAMP)
 	$(PY) -m local demo
 
 bench: build $(STAMP) $(STAMP_BENCH)
-	$(PY) benchmarks/run.py
+	@echo "make: benchmarks (cold start against its floor, warm cost, memory, size), written to benchmarks/RESULTS.md"
+	@$(PY) benchmarks/run.py
 
 bench-quick: build $(STAMP) $(STAMP_BENCH)
-	$(PY) benchmarks/run.py --quick
+	@echo "make: benchmarks, quick (two repetitions, printed, never pass/fail on a timing)"
+	@$(PY) benchmarks/run.py --quick
 
 clean:
 	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache benchmarks/.work
 
 openapi: $(STAMP)
-	VONAGE_SECRET_ARN=unused $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json
+	VONAGE_SECRET_ARN=unused STATE_TABLE=unused HISTORY_TABLE=unused $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json

@@ -1,0 +1,1 @@
+"""account-ops: the operator's command line for a deployed stack (or the local stack)."""

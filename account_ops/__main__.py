@@ -1,0 +1,3 @@
+from account_ops.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The operator's CLI, every command against the local stack (the same code paths as against a
+deployed stack, but for finding the API: CloudFormation outputs there, the state file here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+
+from account_ops import cli
+from account_ops.target import Target, TargetError
+from local.stack import LocalStack, StackOptions
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state = tmp_path_factory.mktemp("cli") / "state.json"
+    with LocalStack(StackOptions.on_free_ports(tick_seconds=86400, state_file=state)) as running:
+        yield running
+
+
+def set_balance(stack: LocalStack, value: float) -> None:
+    request = urllib.request.Request(
+        f"{stack.sim.url}/_sim/state", data=json.dumps({"balance": value}).encode(), method="POST"
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def run(stack: LocalStack, monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str]:
+    monkeypatch.setenv("ACCOUNT_OPS_LOCAL_STATE", str(stack.options.state_file))
+    lines: list[str] = []
+    code = cli.main(["--local", *argv], out=lines.append)
+    return code, "\n".join(lines)
+
+
+def test_status_shows_everything_at_a_glance(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack.tick()
+    code, text = run(stack, monkeypatch, "status")
+    assert code == 0, text
+    for expected in (
+        "release        1.1.0",
+        "balance        25.00 EUR, auto-reload on",
+        "top-ups        live",
+        "(current)",
+        "rotation       on, idle",
+        "last runs      ok",
+        "none on the local stack",
+    ):
+        assert expected in text, (expected, text)
+
+
+def test_settings_set_shows_the_checks_and_get_shows_the_change(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, text = run(stack, monkeypatch, "settings", "set", "--dr", f"{stack.hooks.url}/missing")
+    assert code == 1 and "check drCallbackUrl: status (answered 404, expected 200)" in text
+    code, text = run(stack, monkeypatch, "settings", "set", "--mo", f"{stack.hooks.url}/ok")
+    assert code == 0 and "check moCallbackUrl: ok" in text and "changed" in text
+    code, text = run(stack, monkeypatch, "settings", "get")
+    assert code == 0 and json.loads(text)["moCallbackUrl"] == f"{stack.hooks.url}/ok"
+
+
+def test_rotate_and_wait_follows_it_until_the_new_secret_is_current(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = json.loads(
+        boto3.client("secretsmanager").get_secret_value(SecretId=stack.resources.secret_arn, VersionStage="AWSCURRENT")[
+            "SecretString"
+        ]
+    )["secret_id"]
+    code, text = run(stack, monkeypatch, "rotate", "--wait", "--timeout", "30")
+    assert code == 0 and "rotation started" in text and "done: the new secret is AWSCURRENT" in text, text
+    code, text = run(stack, monkeypatch, "status")
+    assert before not in [line.split()[1] for line in text.splitlines() if "(current)" in line]
+
+
+def test_pause_and_resume_are_honoured_and_show_in_history(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, text = run(stack, monkeypatch, "pause-topups", "--reason", "card replaced")
+    assert code == 0 and "top-ups paused by arn:aws:iam::000000000000:user/local-developer (card replaced)" in text
+    assert "PAUSED by" in run(stack, monkeypatch, "status")[1]
+    set_balance(stack, 3.0)
+    now = datetime.now(UTC).replace(microsecond=0)
+    assert stack.tick(now - timedelta(minutes=10))["outcome"] == "skipped_paused"
+    assert run(stack, monkeypatch, "resume-topups")[0] == 0
+    assert stack.tick(now - timedelta(minutes=5))["outcome"] == "topup_succeeded"
+    code, text = run(stack, monkeypatch, "history", "--days", "2")
+    assert (
+        code == 0 and "topup_succeeded" in text and "skipped_paused" in text and "decisions in the last 2 days" in text
+    )
+
+
+def test_smoke_checks_every_read_route_the_watcher_and_the_topic(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, text = run(stack, monkeypatch, "smoke")
+    assert code == 0, text
+    assert "10 passed, 0 failed" in text and "[x] the watcher runs once, in dry run" in text
+
+
+def test_without_a_running_local_stack_it_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCOUNT_OPS_LOCAL_STATE", str(tmp_path / "none.json"))
+    lines: list[str] = []
+    assert cli.main(["--local", "status"], out=lines.append) == 2
+    assert "start it with `make local`" in lines[0]
+    with pytest.raises(TargetError, match="no region"):
+        monkeypatch.delenv("AWS_REGION", raising=False)
+        monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+        Target.from_stack("account-ops", None, None)
+
+
+def test_the_console_script_is_installed() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "account-ops"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0 and "pause-topups" in done.stdout
