@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from local.stack import FUNCTIONS, ROOT, STATE_FILE, LocalStack, StackOptions
 
@@ -64,10 +66,11 @@ def invoke(args: argparse.Namespace) -> int:
         return 2
     state = json.loads(STATE_FILE.read_text())
     env = {**os.environ, **state["env"]}
+    event_file = prepare_event(Path(args.event), args.function, state)
     code = INVOKE_SNIPPET.format(
         layer=str(ROOT / "layers" / "shared"),
         root=str(ROOT),
-        event=str(Path(args.event).resolve()),
+        event=str(event_file),
         function=args.function,
     )
     completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
@@ -80,6 +83,40 @@ def invoke(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(json.loads(result[0]), indent=2))
     return 0
+
+
+SAMPLE_WEBHOOKS = "http://localhost:8701"  # `make local`'s webhook receivers, as events/ name them
+
+
+def prepare_event(path: Path, function: str, state: dict[str, Any]) -> Path:
+    """Give a sample event what it needs on this running stack: its webhook URLs point at this
+    stack's receivers, and a rotation event's token is a version of the secret staged AWSPENDING (as
+    Secrets Manager stages it before it invokes the function)."""
+    text = path.read_text().replace(SAMPLE_WEBHOOKS, state.get("webhook_url") or SAMPLE_WEBHOOKS)
+    event = json.loads(text)
+    if function == "secret_rotation":
+        import boto3
+
+        env = state["env"]
+        sm = boto3.client(
+            "secretsmanager",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        versions = sm.describe_secret(SecretId=event["SecretId"]).get("VersionIdsToStages", {})
+        if event["ClientRequestToken"] not in versions:
+            current = sm.get_secret_value(SecretId=event["SecretId"], VersionStage="AWSCURRENT")["SecretString"]
+            sm.put_secret_value(
+                SecretId=event["SecretId"],
+                ClientRequestToken=event["ClientRequestToken"],
+                SecretString=current,
+                VersionStages=["AWSPENDING"],
+            )
+    prepared = Path(tempfile.mkdtemp(prefix="account-ops-event-")) / path.name
+    prepared.write_text(json.dumps(event))
+    return prepared
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,26 @@ def install(functions: dict[str, Invoke]) -> Callable[[], None]:
     return undo
 
 
+def stage_configuration_test(sm: Any, secret_id: str) -> str:
+    """What Secrets Manager's configuration test (RotateImmediately=false) stages for testSecret: a
+    copy of the current value as AWSPENDING. Returns its token."""
+    import uuid
+
+    current = sm.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")["SecretString"]
+    token = str(uuid.uuid4())
+    sm.put_secret_value(
+        SecretId=secret_id, ClientRequestToken=token, SecretString=current, VersionStages=["AWSPENDING"]
+    )
+    return token
+
+
+def clear_configuration_test(sm: Any, secret_id: str) -> None:
+    """moto leaves the configuration test's AWSPENDING version behind; Secrets Manager does not."""
+    token = pending_token(sm, secret_id)
+    if token:
+        sm.update_secret_version_stage(SecretId=secret_id, VersionStage="AWSPENDING", RemoveFromVersionId=token)
+
+
 def pending_token(sm: Any, secret_id: str) -> str | None:
     """The version staged AWSPENDING (also when a finishSecret that died left it on AWSCURRENT)."""
     versions = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages", {})

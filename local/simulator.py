@@ -35,6 +35,8 @@ DEFAULT_API_SECRET = "Sim-Secret-0001"
 DEFAULT_TRX = "8ef2447e69604f642ae59363aa5f781b"
 DEFAULT_BALANCE = 25.0
 DEFAULT_TOPUP_AMOUNT = 20.0
+# The default account's first secret has the id of Vonage's own example, so events/ can name it.
+DEFAULT_SECRET_ID = "ad6dc56f-07b5-46e1-a527-85530e625800"
 MAX_SECRETS = 2
 
 OPERATIONS: list[tuple[str, str, re.Pattern[str]]] = [
@@ -138,7 +140,7 @@ def new_state(
     state = State(topup_amount=topup_amount, topup_lag=topup_lag)
     state.accounts[api_key] = Account(
         api_key=api_key,
-        secrets=[Secret(str(uuid.uuid4()), api_secret, _now())],
+        secrets=[Secret(DEFAULT_SECRET_ID if api_key == DEFAULT_API_KEY else str(uuid.uuid4()), api_secret, _now())],
         balance=balance,
         auto_reload=auto_reload,
         trx=trx,

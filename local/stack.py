@@ -310,6 +310,7 @@ class LocalStack:
             RotationRules={"AutomaticallyAfterDays": 30},
             RotateImmediately=False,
         )
+        rotation_trigger.clear_configuration_test(session.client("secretsmanager"), self.resources.secret_arn)
 
         self.api = ApiGatewayServer(("127.0.0.1", o.api_port), self.handlers["settings_api"].lambda_handler, self.log)
         threading.Thread(target=self.api.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
@@ -358,7 +359,8 @@ class LocalStack:
 
     def _write_state(self) -> None:
         if self.options.state_file:
-            self.options.state_file.write_text(json.dumps({"env": self.env, "api_url": self.api_url}, indent=2))
+            state = {"env": self.env, "api_url": self.api_url, "webhook_url": self.hooks.url}
+            self.options.state_file.write_text(json.dumps(state, indent=2))
 
     # -- EventBridge Scheduler -----------------------------------------------------------------
 

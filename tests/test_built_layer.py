@@ -60,8 +60,7 @@ def api_event(stack: LocalStack, method: str, path: str, body: dict[str, Any] | 
 def scenarios(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
     sm = boto3.client("secretsmanager")
     arn = stack.resources.secret_arn
-    token = rotation_trigger.pending_token(sm, arn)
-    assert token, "the local stack stages a configuration-test version"
+    token = rotation_trigger.stage_configuration_test(sm, arn)
     steps = [{"Step": s, "SecretId": arn, "ClientRequestToken": token} for s in rotation_trigger.STEPS]
     return {
         "settings_api": [

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from local import demo
 from local.stack import LOCAL_IDENTITY, LocalStack, StackOptions, proxy_event
-from tests.conftest import ROOT
+from tests.conftest import local_invoke
 
 
 @pytest.fixture(scope="module")
@@ -35,47 +33,8 @@ def test_the_demo_scenario_passes(stack: LocalStack) -> None:
     assert any("exactly one top-up" in line for line in lines)
 
 
-@pytest.mark.parametrize(
-    ("function", "event", "expect"),
-    [
-        ("balance_watcher", "balance_watcher_scheduled.json", lambda r: r["outcome"] in ("ok", "duplicate")),
-        ("settings_api", "settings_get_settings.json", lambda r: r["statusCode"] == 200),
-        ("settings_api", "settings_get_balance.json", lambda r: r["statusCode"] == 200),
-        ("settings_api", "settings_get_secrets.json", lambda r: r["statusCode"] == 200),
-        ("settings_api", "settings_get_secret.json", lambda r: r["statusCode"] == 404),  # the sample id is not ours
-        ("settings_api", "settings_post_sender.json", lambda r: r["statusCode"] == 201),
-        ("settings_api", "settings_put_settings_unset.json", lambda r: r["statusCode"] == 200),
-    ],
-)
-def test_invoke_runs_a_handler_in_a_fresh_process(stack: LocalStack, function: str, event: str, expect: object) -> None:
-    env = {**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(stack.options.state_file)}
-    for name in ("AWS_ENDPOINT_URL", "VONAGE_SECRET_ARN"):
-        env.pop(name, None)  # everything comes from the running stack's state file
-    completed = subprocess.run(
-        [sys.executable, "-m", "local", "invoke", function, "-e", str(ROOT / "events" / event)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    result = json.loads(completed.stdout)
-    assert expect(result), result  # type: ignore[operator]
-
-
 def test_invoke_without_a_running_stack_says_so(tmp_path: Path) -> None:
-    env = {**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(tmp_path / "none.json")}
-    completed = subprocess.run(
-        [sys.executable, "-m", "local", "invoke", "balance_watcher", "-e", "events/balance_watcher_scheduled.json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = local_invoke("balance_watcher", "events/balance_watcher_scheduled.json", tmp_path / "none.json")
     assert completed.returncode == 2
     assert "make local" in completed.stderr
 
