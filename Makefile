@@ -108,7 +108,7 @@ bench-quick: build $(STAMP) $(STAMP_BENCH)
 	@$(PY) benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache benchmarks/.work
+	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache .hypothesis benchmarks/.work *.egg-info
 
 openapi: $(STAMP)
 	VONAGE_SECRET_ARN=unused STATE_TABLE=unused HISTORY_TABLE=unused $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json
