@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,7 +74,10 @@ def invoke(args: argparse.Namespace) -> int:
         event=str(event_file),
         function=args.function,
     )
-    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    try:
+        completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    finally:
+        shutil.rmtree(event_file.parent, ignore_errors=True)
     logs = [line for line in completed.stdout.splitlines() if not line.startswith("RESULT ")]
     result = [line[7:] for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     for line in logs:

@@ -110,7 +110,7 @@ class World:
         return self.deployment.role_statements(role)
 
     def grant(self, role: str, without: str | None = None) -> None:
-        iam = (self.admin if hasattr(self, "admin") else boto3.Session()).client("iam", endpoint_url=self.url)
+        iam = self.admin.client("iam", endpoint_url=self.url)
         iam.put_role_policy(
             RoleName=role, PolicyName="policy", PolicyDocument=moto_policy(self.statements(role), without)
         )
@@ -164,9 +164,9 @@ def api(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str,
 
 def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bool:
     app = cold_start()
-    for pending in (rotation_trigger.pending_token(world.sm, world.resources.secret_arn),):
-        if pending:  # a rotation left pending by the last "rotate now": cancel it, as an operator would
-            world.sm.cancel_rotate_secret(SecretId=world.resources.secret_arn)
+    if rotation_trigger.pending_token(world.sm, world.resources.secret_arn):
+        # a rotation left pending by the last "rotate now": cancel it, as an operator would
+        world.sm.cancel_rotate_secret(SecretId=world.resources.secret_arn)
     [secret_id] = world.sim.account()["secret_ids"][:1]
     requests = [
         api("GET", "/settings"),

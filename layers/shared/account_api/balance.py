@@ -417,7 +417,8 @@ class BalanceWatcher:
     # -- the decision ------------------------------------------------------------------------------
 
     def _decide(self, key: str, run: ScheduledRun, now: float, alerts: list[PendingAlert]) -> RunResult:
-        died = self._died_mid_top_up(key, run)
+        lease = self.store.lease(key)  # read once: for an attempt that died mid top-up, and for recovery
+        died = self._died_mid_top_up(key, run, lease)
         if died is not None:
             return died
         try:
@@ -429,7 +430,7 @@ class BalanceWatcher:
         base = {"scheduled_time": run.key, "balance": balance.value, "auto_reload": balance.auto_reload}
 
         if balance.value >= self.settings.threshold:
-            self._recovered(key, balance.value, alerts)
+            self._recovered(key, balance.value, alerts, lease)
             return RunResult(outcome=Outcome.OK, **base)
         if not balance.auto_reload:
             self._alert_once(
@@ -481,10 +482,9 @@ class BalanceWatcher:
             return RunResult(outcome=refusal, **base)
         return self._top_up(key, base, now, alerts)
 
-    def _died_mid_top_up(self, key: str, run: ScheduledRun) -> RunResult | None:
+    def _died_mid_top_up(self, key: str, run: ScheduledRun, lease: dict[str, Any]) -> RunResult | None:
         """An earlier attempt of this run took the lease and died before recording what happened:
         the top-up may have been sent. Never send again: report UNKNOWN, let the balance confirm."""
-        lease = self.store.lease(key)
         if lease.get("run") != run.key or lease.get("last_outcome") != "pending":
             return None
         logger.error("an earlier attempt of this run died after taking the top-up lease", scheduled_time=run.key)
@@ -578,8 +578,7 @@ class BalanceWatcher:
         else:
             logger.info("alert suppressed by the alert cooldown", kind=kind)
 
-    def _recovered(self, key: str, value: float, alerts: list[PendingAlert]) -> None:
-        lease = self.store.lease(key)
+    def _recovered(self, key: str, value: float, alerts: list[PendingAlert], lease: dict[str, Any]) -> None:
         if lease.get("last_outcome") == Outcome.TOPUP_UNKNOWN:
             self.store.record_lease_outcome(key, "confirmed_by_balance")
             logger.info("balance back above the threshold after an UNKNOWN top-up", balance=value)
