@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import aws_clients
 from .callbacks import CallbackCheck, CallbackChecker
 from .client import EMAIL_PATTERN, MAX_URL_LENGTH, callback_url_violation
+from .config import model_from_environment
 from .credentials import VonageAccount
 from .models import AccountSettings
 from .observability import MetricUnit, logger, metrics
@@ -227,14 +228,8 @@ class Tables(BaseModel):
 
     @classmethod
     def from_environment(cls) -> Tables:
-        import os
-
-        from .config import ConfigurationError
-
-        try:
-            return cls(state_table=os.environ.get("STATE_TABLE", ""), history_table=os.environ.get("HISTORY_TABLE", ""))
-        except ValueError:
-            raise ConfigurationError("STATE_TABLE and HISTORY_TABLE must name the watcher's tables") from None
+        names = {"state_table": "STATE_TABLE", "history_table": "HISTORY_TABLE"}
+        return model_from_environment(cls, names, None, "settings API tables")
 
 
 class RotationState(BaseModel):
