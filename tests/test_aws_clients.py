@@ -18,7 +18,7 @@ from botocore.exceptions import ConnectionClosedError
 from botocore.stub import Stubber
 
 from account_api import aws_clients, config, deadline
-from account_api.balance import Outcome, ScheduledRun, WatcherSettings, WatcherStore
+from account_api.balance import ScheduledRun, WatcherSettings, WatcherStore
 from account_api.problems import ApiProblem
 from account_api.settings import request_rotation
 from local import aws_resources
@@ -92,20 +92,21 @@ def store(aws: None, timeouts: Any) -> WatcherStore:
 def test_run_claim_retried_after_a_lost_answer_is_still_ours(store: WatcherStore) -> None:
     attempts = lose_first_answer(store.ddb, "PutItem")
     run = ScheduledRun(scheduled_time=datetime(2026, 11, 27, tzinfo=UTC))
-    assert store.claim_run("acct", run, time.time()).state == "claimed"
+    assert store.claim_run("acct", run.key, time.time()).state == "claimed"
     assert len(attempts) == 2  # the retry met its own first write, and recognised it
-    assert store.claim_run("acct", run, time.time()).state == "in_progress"  # a real second delivery is not
+    assert store.claim_run("acct", run.key, time.time()).state == "in_progress"  # a real second delivery is not
 
 
 def test_lease_retried_after_a_lost_answer_is_held_once(store: WatcherStore) -> None:
     attempts = lose_first_answer(store.ddb, "PutItem")
     now = time.time()
     run = ScheduledRun(scheduled_time=datetime(2026, 11, 27, tzinfo=UTC))
-    assert store.take_lease("acct", run, now) is None  # taken: the top-up may be sent
+    assert store.take_lease("acct", run.key, now) is None  # taken: the top-up may be sent
     assert len(attempts) == 2
     lease = store.lease("acct")
-    assert lease["topups_today"] == "1" and lease["version"] == "1"  # taken once, not twice
-    assert store.take_lease("acct", run, now + 1) is Outcome.SKIPPED_COOLDOWN
+    assert lease.topups_on(datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")) == 1 and lease.version == 1
+    assert lease.take_of(run.key) is not None and lease.take_of(run.key).pending  # type: ignore[union-attr]
+    assert store.take_lease("acct", run.key, now + 1) == "cooldown"
 
 
 def test_alert_claim_retried_after_a_lost_answer_still_sends_once(store: WatcherStore) -> None:

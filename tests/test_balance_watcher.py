@@ -245,9 +245,7 @@ def test_unknown_top_up_is_confirmed_from_the_balance_later(stack: Stack) -> Non
     assert watcher.run(run_at(0), now=ts(0)).outcome is Outcome.TOPUP_UNKNOWN
     stack.sim.set(balance=21.0)  # the top-up had gone through
     assert watcher.run(run_at(10), now=ts(10)).outcome is Outcome.OK
-    assert watcher.store.lease(stack.sim.server.state.accounts[simmod.DEFAULT_API_KEY].api_key)["last_outcome"] == (
-        "confirmed_by_balance"
-    )
+    assert watcher.store.lease(simmod.DEFAULT_API_KEY).last_outcome == "confirmed_by_balance"
     assert [a["subject"] for a in stack.read_alerts()] == ["Vonage top-up outcome unknown", "Vonage balance recovered"]
 
 
@@ -390,17 +388,42 @@ def test_a_401_on_the_top_up_is_not_resent(stack: Stack) -> None:
     assert [a["subject"] for a in stack.read_alerts()] == ["Vonage top-up failed"]
 
 
+def test_a_top_up_vonage_provably_did_not_act_on_gives_the_lease_back(stack: Stack) -> None:
+    """A 401 (the cached secret was revoked by a rotation) proves Vonage did not act: the next run,
+    well inside the 30-minute cooldown, tops up with the re-read secret, and the daily count holds
+    only the top-up that was made."""
+    stack.sim.set(balance=1.0, topup_lag=3600)
+    stack.sim.fault(
+        "topUpAccountBalance", status=401, problem={"error-code": "401", "error-code-label": "authentication failed"}
+    )
+    watcher = stack.watcher()
+    assert watcher.run(run_at(0), now=ts(0)).outcome is Outcome.TOPUP_FAILED
+    assert watcher.store.lease(simmod.DEFAULT_API_KEY).lease_until <= ts(0)
+    assert watcher.run(run_at(5), now=ts(5)).outcome is Outcome.TOPUP_SUCCEEDED
+    assert len(stack.sim.server.state.pending_credits) == 1
+    assert watcher.store.lease(simmod.DEFAULT_API_KEY).topups_on(T0.strftime("%Y-%m-%d")) == 1
+    # a refusal by the payment side is different: the lease is kept, a declined card is not retried
+    stack.sim.set(payment_refused=True)
+    assert watcher.run(run_at(60), now=ts(60)).outcome is Outcome.TOPUP_REFUSED
+    assert watcher.run(run_at(65), now=ts(65)).outcome is Outcome.SKIPPED_COOLDOWN
+
+
 # -- nothing lost after a failure: the decision is recorded before anything that can fail ---------
 
 
-def fail_once(client: Any, operation: str) -> list[str]:
-    """The next `operation` call fails below HTTP (as a throttled or unreachable service would)."""
+def fail_once(client: Any, operation: str, marker: bytes = b"") -> list[str]:
+    """The next `operation` call (whose request holds `marker`) fails below HTTP (as a throttled or
+    unreachable service would)."""
     from botocore.exceptions import EndpointConnectionError
 
     failures: list[str] = []
 
     def fail(request: Any, **kwargs: Any) -> None:
-        if kwargs["event_name"].endswith(operation) and not failures:
+        if (
+            kwargs["event_name"].endswith(operation)
+            and marker in (request.body if isinstance(request.body, bytes) else str(request.body or "").encode())
+            and not failures
+        ):
             failures.append(operation)
             raise EndpointConnectionError(endpoint_url=request.url)
 
@@ -434,7 +457,7 @@ def test_an_attempt_that_died_after_the_lease_never_sends_twice(stack: Stack) ->
     from account_api import aws_clients
 
     stack.sim.set(balance=3.0)
-    fail_once(aws_clients.client("dynamodb"), "UpdateItem")  # the first UpdateItem is the lease outcome
+    fail_once(aws_clients.client("dynamodb"), "UpdateItem", b"takes.#r.outcome")  # recording the top-up's answer
     with pytest.raises(Exception, match="Could not connect"):
         stack.watcher().run(run_at(0), now=ts(0))
     assert stack.topups() == 1
@@ -442,14 +465,15 @@ def test_an_attempt_that_died_after_the_lease_never_sends_twice(stack: Stack) ->
     assert result.outcome is Outcome.TOPUP_UNKNOWN
     assert stack.topups() == 1
     assert stack.history()[-1]["outcome"] == "topup_unknown"
+    assert [a["subject"] for a in stack.read_alerts()] == ["Vonage top-up outcome unknown"]  # as documented
 
 
 def test_a_delivery_while_the_first_is_still_running_is_a_duplicate(stack: Stack) -> None:
     store = stack.watcher().store
-    assert store.claim_run("acct", run_at(0), ts(0)).state == "claimed"
-    assert store.claim_run("acct", run_at(0), ts(0.5)).state == "in_progress"
+    assert store.claim_run("acct", run_at(0).key, ts(0)).state == "claimed"
+    assert store.claim_run("acct", run_at(0).key, ts(0.5)).state == "in_progress"
     # once the claiming invocation can no longer be running (its deadline passed), the run is taken over
-    assert store.claim_run("acct", run_at(0), ts(5)).state == "claimed"
+    assert store.claim_run("acct", run_at(0).key, ts(5)).state == "claimed"
 
 
 def test_the_first_deploys_placeholder_is_a_state_not_an_error(

@@ -190,15 +190,22 @@ def watcher_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> boo
     ddb = world.admin.client("dynamodb")
     ddb.delete_item(TableName=world.env["STATE_TABLE"], Key={"pk": {"S": "lease#abcd1234"}})  # a free lease
     outcomes = []
-    for balance in (25.0, 3.0):  # a normal run; then low, with one top-up and its alert
-        world.sim.set(balance=balance)
+    # a normal run; low, with one top-up and its alert; low with auto-reload off, which opens an
+    # episode; recovered, which ends it
+    for balance, auto_reload in ((25.0, True), (3.0, True), (3.0, False), (25.0, True)):
+        world.sim.set(balance=balance, auto_reload=auto_reload)
         when = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=5 * next(_runs))  # a new run each time
         event = {"scheduledTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "executionId": "least-privilege"}
         try:
             outcomes.append(app.lambda_handler(event, LambdaContext("balance_watcher"))["outcome"])
         except Exception:
             return False
-    return outcomes == ["ok", "topup_succeeded"] and any("top-up sent" in a["subject"] for a in world.read_alerts())
+    subjects = [a["subject"] for a in world.read_alerts()]
+    return (
+        outcomes == ["ok", "topup_succeeded", "low_alerted", "ok"]
+        and any("top-up sent" in s for s in subjects)
+        and "Vonage balance recovered" in subjects
+    )
 
 
 def rotation_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bool:

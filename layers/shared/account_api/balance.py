@@ -3,10 +3,16 @@
 Money moves here, and everything around it is at-least-once (Scheduler retries, Lambda async
 retries, duplicate deliveries) while Vonage's balance lags behind a top-up. So:
 - a run is identified by its schedule's scheduled time; a second delivery does nothing;
+- a run first reads (lease, alert state, balance, switch) and decides, writing nothing; it records
+  the decision; only then does it act (take the lease, top up, claim and send alerts). A retry of a
+  run that recorded its decision carries that decision out and never decides again;
 - a top-up needs a lease per account in DynamoDB, taken by a conditional write, with a cooldown
-  longer than the balance lag and a daily cap;
+  longer than the balance lag and a daily cap. The lease remembers which runs took it, so a run
+  that took it never sends again, whatever happened after;
 - the top-up POST is sent once and never retried; a timeout, 5xx, reset or unreadable answer after
-  sending is UNKNOWN: the lease is kept, an alert goes out, later runs confirm from the balance.
+  sending is UNKNOWN: the lease is kept, an alert goes out, later runs confirm from the balance. A
+  failure that proves Vonage did not act (a 401, another 4xx, a connection never made) gives the
+  lease back, so the next run can top up.
 """
 
 from __future__ import annotations
@@ -14,18 +20,20 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from . import aws_clients, deadline, errors
+from . import aws_clients, errors
 from .config import ConfigurationError, model_from_environment
 from .credentials import VonageAccount, read_credentials
+from .models import Balance
 from .observability import MetricUnit, logger, metrics
-from .switch import TOPUP_SWITCH_KEY, TopUpSwitch, topup_switch_of
+from .watcher_store import Lease, Take, WatcherStore
+
+__all__ = ["BalanceWatcher", "Outcome", "RunResult", "ScheduledRun", "WatcherSettings", "WatcherStore"]
 
 
 class Outcome(StrEnum):
@@ -139,220 +147,41 @@ class RunResult(BaseModel):
 
 
 class PendingAlert(BaseModel):
-    """An alert decided by a run; recorded with the decision, sent after the bookkeeping."""
+    """An alert a decision owes. `kind` gates it: one per kind and episode, claimed when it is sent
+    with the run's scheduled time as token, so a retry of the run recognises its own claim and sends
+    it again rather than losing it. `opens_episode`: always sent, and starts an episode."""
 
     subject: str
     message: str
+    kind: str | None = None
+    opens_episode: bool = False
 
 
-class RunClaim(BaseModel):
-    state: Literal["claimed", "in_progress", "decided", "finished"]
-    token: str = ""
-    record: dict[str, Any] = Field(default_factory=dict)
+class TopUpPlan(BaseModel):
+    """A decision to top up, recorded before the lease is taken."""
+
+    lease_version: int  # the lease as the decision saw it: a take by anyone since means the need was met
+    done: bool = False
 
 
-class WatcherStore:
-    """DynamoDB state: run claims, the top-up lease per account, alert state, and history."""
+class Decision(BaseModel):
+    """What a run decided, recorded before any of its effects. Until a planned top-up is done, the
+    recorded result is the worst it can come to (UNKNOWN): that is what a retry reports if it cannot
+    learn more."""
 
-    def __init__(self, settings: WatcherSettings) -> None:
-        self.settings = settings
+    result: RunResult
+    alerts: list[PendingAlert] = Field(default_factory=list)
+    top_up: TopUpPlan | None = None
+    end_episode: bool = False
+    confirm_unknown: bool = False
 
-    @property
-    def ddb(self) -> Any:
-        return aws_clients.client("dynamodb")
-
-    def _write_once(self, method: str, token_attribute: str, token: str, **kwargs: Any) -> tuple[bool, dict[str, Any]]:
-        """A conditional write: (whether it took effect, the item found when it did not). botocore
-        retries a write whose answer was lost, and the retry then fails its own condition: the item
-        carries a token unique to this write, read back from the failure, so our own earlier write
-        still counts."""
-        try:
-            getattr(self.ddb, method)(ReturnValuesOnConditionCheckFailure="ALL_OLD", **kwargs)
-        except self.ddb.exceptions.ConditionalCheckFailedException as exc:
-            existing = exc.response.get("Item") or {}
-            return bool(existing.get(token_attribute, {}).get("S") == token), _plain(existing)
-        return True, {}
-
-    def claim_run(self, account_key: str, run: ScheduledRun, now: float) -> RunClaim:
-        """Claim this scheduled run, or say what an earlier delivery left of it. A claim that
-        decided nothing and whose invocation can no longer be running is taken over (stale)."""
-        token = uuid.uuid4().hex
-        # "in progress" only while the claiming invocation can still be running
-        in_progress_until = now + max(1.0, deadline.remaining() or 60.0) + 1
-        took, existing = self._write_once(
-            "put_item",
-            "claim_token",
-            token,
-            TableName=self.settings.state_table,
-            Item={
-                "pk": {"S": self._run_pk(account_key, run)},
-                "claimed_at": {"N": str(now)},
-                "in_progress_until": {"N": str(in_progress_until)},
-                "expires_at": {"N": str(int(now) + 2 * 86400)},
-                "claim_token": {"S": token},
-            },
-            ConditionExpression="attribute_not_exists(pk) OR (attribute_not_exists(outcome) AND in_progress_until < :now)",
-            ExpressionAttributeValues={":now": {"N": str(now)}},
-        )
-        if took:
-            return RunClaim(state="claimed", token=token)
-        if existing.get("finished"):
-            return RunClaim(state="finished")
-        if "outcome" in existing:
-            return RunClaim(state="decided", record=existing)
-        return RunClaim(state="in_progress")
-
-    def record_decision(
-        self, account_key: str, run: ScheduledRun, result: RunResult, alerts: list[PendingAlert]
-    ) -> None:
-        """The decision, before anything that could fail after it: a retry finishes from here."""
-        self.ddb.update_item(
-            TableName=self.settings.state_table,
-            Key={"pk": {"S": self._run_pk(account_key, run)}},
-            UpdateExpression="SET outcome = :o, #r = :r, alerts = :a",
-            ExpressionAttributeNames={"#r": "result"},
-            ExpressionAttributeValues={
-                ":o": {"S": str(result.outcome)},
-                ":r": {"S": result.model_dump_json()},
-                ":a": {"S": json.dumps([a.model_dump() for a in alerts])},
-            },
-        )
-
-    def mark_finished(self, account_key: str, run: ScheduledRun) -> None:
-        self.ddb.update_item(
-            TableName=self.settings.state_table,
-            Key={"pk": {"S": self._run_pk(account_key, run)}},
-            UpdateExpression="SET finished = :t",
-            ExpressionAttributeValues={":t": {"BOOL": True}},
-        )
-
-    def release_claim(self, account_key: str, run: ScheduledRun, token: str) -> None:
-        """Give back a claim that decided nothing (the invocation failed): its retry decides."""
-        try:
-            self.ddb.delete_item(
-                TableName=self.settings.state_table,
-                Key={"pk": {"S": self._run_pk(account_key, run)}},
-                ConditionExpression="claim_token = :t AND attribute_not_exists(outcome)",
-                ExpressionAttributeValues={":t": {"S": token}},
-            )
-        except Exception as exc:  # the claim then lapses when its invocation's deadline passes
-            logger.warning("could not release the run claim", error=type(exc).__name__)
-
-    @staticmethod
-    def _run_pk(account_key: str, run: ScheduledRun) -> str:
-        return f"run#{account_key}#{run.key}"
-
-    def topup_switch(self) -> TopUpSwitch:
-
-        item = self.ddb.get_item(
-            TableName=self.settings.state_table, Key={"pk": {"S": TOPUP_SWITCH_KEY}}, ConsistentRead=True
-        ).get("Item")
-        return topup_switch_of(item)
-
-    def lease(self, account_key: str) -> dict[str, Any]:
-        item = self.ddb.get_item(
-            TableName=self.settings.state_table, Key={"pk": {"S": f"lease#{account_key}"}}, ConsistentRead=True
-        ).get("Item")
-        return _plain(item or {})
-
-    def take_lease(self, account_key: str, run: ScheduledRun, now: float) -> Outcome | None:
-        """Take the top-up lease, or say why not (cooldown, daily cap). Optimistic: the write is
-        conditional on the version read, so of concurrent runs exactly one wins."""
-        current = self.lease(account_key)
-        today = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
-        if float(current.get("lease_until", 0)) > now:
-            return Outcome.SKIPPED_COOLDOWN
-        count = int(current.get("topups_today", 0)) if current.get("day") == today else 0
-        if count >= self.settings.daily_topup_cap:
-            return Outcome.SKIPPED_DAILY_CAP
-        version = int(current.get("version", 0))
-        token = uuid.uuid4().hex
-        item = {
-            "pk": {"S": f"lease#{account_key}"},
-            "lease_until": {"N": str(now + self.settings.topup_cooldown_minutes * 60)},
-            "day": {"S": today},
-            "topups_today": {"N": str(count + 1)},
-            "version": {"N": str(version + 1)},
-            "last_outcome": {"S": "pending"},
-            "taken_at": {"N": str(now)},
-            "lease_token": {"S": token},
-            "run": {"S": run.key},  # which run took it: a retry of that run must never send again
-        }
-        condition = "attribute_not_exists(pk)" if not current else "version = :v"
-        values = {} if not current else {":v": {"N": str(version)}}
-        kwargs: dict[str, Any] = {
-            "TableName": self.settings.state_table,
-            "Item": item,
-            "ConditionExpression": condition,
-        }
-        if values:
-            kwargs["ExpressionAttributeValues"] = values
-        if not self._write_once("put_item", "lease_token", token, **kwargs)[0]:
-            return Outcome.SKIPPED_COOLDOWN  # another run took it a moment ago
-        return None
-
-    def record_lease_outcome(self, account_key: str, outcome: Outcome | str) -> None:
-        self.ddb.update_item(
-            TableName=self.settings.state_table,
-            Key={"pk": {"S": f"lease#{account_key}"}},
-            UpdateExpression="SET last_outcome = :o",
-            ExpressionAttributeValues={":o": {"S": str(outcome)}},
-        )
-
-    def should_alert(self, account_key: str, kind: str, now: float) -> bool:
-        """One alert per kind and episode (re-sent after the alert cooldown); concurrent runs
-        race on a conditional write and only the winner sends."""
-        cutoff = now - self.settings.alert_cooldown_minutes * 60
-        token = uuid.uuid4().hex
-        return self._write_once(
-            "update_item",
-            f"token_{kind}",
-            token,
-            TableName=self.settings.state_table,
-            Key={"pk": {"S": f"alert#{account_key}"}},
-            UpdateExpression="SET #k = :now, #t = :token",
-            ConditionExpression="attribute_not_exists(#k) OR #k <= :cutoff",
-            ExpressionAttributeNames={"#k": f"sent_{kind}", "#t": f"token_{kind}"},
-            ExpressionAttributeValues={":now": {"N": str(now)}, ":cutoff": {"N": str(cutoff)}, ":token": {"S": token}},
-        )[0]
-
-    def note_alert(self, account_key: str, kind: str, now: float) -> None:
-        """Record an alert that is always sent (top-up refused or unknown): it opens an episode."""
-        self.ddb.update_item(
-            TableName=self.settings.state_table,
-            Key={"pk": {"S": f"alert#{account_key}"}},
-            UpdateExpression="SET #k = :now",
-            ExpressionAttributeNames={"#k": f"sent_{kind}"},
-            ExpressionAttributeValues={":now": {"N": str(now)}},
-        )
-
-    def end_episode(self, account_key: str) -> bool:
-        """Clear the alert state; True when an episode was open (a recovery notice is owed)."""
-        response = self.ddb.delete_item(
-            TableName=self.settings.state_table, Key={"pk": {"S": f"alert#{account_key}"}}, ReturnValues="ALL_OLD"
-        )
-        return bool(response.get("Attributes"))
-
-    def record_history(self, account_key: str, run: ScheduledRun, result: RunResult, now: float) -> None:
-        item: dict[str, Any] = {
-            "account": {"S": account_key},
-            "at": {"S": run.key},  # one row per scheduled run: a retry rewrites it, never adds one
-            "recorded_at": {"S": datetime.fromtimestamp(now, UTC).isoformat()},
-            "scheduled_time": {"S": run.key},
-            "outcome": {"S": str(result.outcome)},
-            "expires_at": {"N": str(int(now) + self.settings.history_ttl_days * 86400)},
-        }
-        if result.balance is not None:
-            item["balance"] = {"N": repr(result.balance)}
-        if result.detail:
-            item["detail"] = {"S": result.detail[:500]}
-        if result.auto_reload is not None:
-            item["auto_reload"] = {"BOOL": result.auto_reload}
-        self.ddb.put_item(TableName=self.settings.history_table, Item=item)
-
-
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    return {key: next(iter(value.values())) for key, value in item.items()}
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Decision:
+        if "decision" in record:
+            return cls.model_validate_json(str(record["decision"]))
+        # recorded by 1.1.0: the final result and the alerts it owed
+        alerts = [PendingAlert.model_validate(a) for a in json.loads(str(record.get("alerts") or "[]"))]
+        return cls(result=RunResult.model_validate_json(str(record["result"])), alerts=alerts)
 
 
 class Alerts:
@@ -366,12 +195,12 @@ class Alerts:
 
 
 class BalanceWatcher:
-    """One scheduled run: claim it, decide, record the decision, then the bookkeeping and alerts.
+    """One scheduled run: claim it, read and decide, record the decision, carry it out, finish.
 
-    The decision (outcome and the alerts it owes) is recorded before anything after it can fail,
-    so a retry of a run that decided but did not finish only finishes the bookkeeping: it never
-    decides again and never sends a second top-up. Alerts go last: a failed Publish cannot erase
-    the outcome, its metric or its history row.
+    Nothing is written before the decision is recorded, so a run that failed before that has
+    nothing to undo and its retry decides. A retry of a run that recorded its decision only carries
+    it out: it never decides again, and never sends a second top-up. Alerts go last: a failed
+    Publish cannot erase the outcome, its metric or its history row.
     """
 
     def __init__(self, settings: WatcherSettings, account: VonageAccount, store: WatcherStore, alerts: Alerts) -> None:
@@ -393,7 +222,7 @@ class BalanceWatcher:
             metrics.add_metric(name=OUTCOME_METRICS[Outcome.NOT_CONFIGURED], unit=MetricUnit.Count, value=1)
             return RunResult(outcome=Outcome.NOT_CONFIGURED, scheduled_time=run.key, detail="placeholder credentials")
         key = credentials.api_key
-        claim = self.store.claim_run(key, run, now)
+        claim = self.store.claim_run(key, run.key, now)
         if claim.state in ("finished", "in_progress"):
             logger.info(
                 "duplicate delivery of a scheduled run: nothing to do", scheduled_time=run.key, state=claim.state
@@ -401,146 +230,206 @@ class BalanceWatcher:
             metrics.add_metric(name=OUTCOME_METRICS[Outcome.DUPLICATE], unit=MetricUnit.Count, value=1)
             return RunResult(outcome=Outcome.DUPLICATE, scheduled_time=run.key)
         if claim.state == "decided":
-            logger.info("finishing a run that decided but did not finish", scheduled_time=run.key)
-            result = RunResult.model_validate_json(str(claim.record["result"]))
-            pending = [PendingAlert.model_validate(a) for a in json.loads(str(claim.record.get("alerts") or "[]"))]
-            return self._complete(key, run, now, result, pending)
-        alerts: list[PendingAlert] = []
-        try:
-            result = self._decide(key, run, now, alerts)
-            self.store.record_decision(key, run, result, alerts)
-        except Exception:
-            self.store.release_claim(key, run, claim.token)  # nothing decided: the retry decides
-            raise
-        return self._complete(key, run, now, result, alerts)
+            logger.info("carrying out the decision an earlier attempt recorded", scheduled_time=run.key)
+            decision = Decision.from_record(claim.record)
+        else:
+            try:
+                decision = self._decide(key, run, now)
+                self._record(key, run, decision)
+            except Exception:
+                self.store.release_claim(key, run.key, claim.token)  # nothing decided: the retry decides
+                raise
+        if decision.top_up is not None and not decision.top_up.done:
+            decision = self._top_up(key, run, now, decision)
+            self._record(key, run, decision)
+        return self._finish(key, run, now, decision)
 
-    # -- the decision ------------------------------------------------------------------------------
+    def _record(self, key: str, run: ScheduledRun, decision: Decision) -> None:
+        self.store.record_decision(key, run.key, str(decision.result.outcome), decision.model_dump_json())
 
-    def _decide(self, key: str, run: ScheduledRun, now: float, alerts: list[PendingAlert]) -> RunResult:
-        lease = self.store.lease(key)  # read once: for an attempt that died mid top-up, and for recovery
-        died = self._died_mid_top_up(key, run, lease)
-        if died is not None:
-            return died
+    # -- the decision: reads only -----------------------------------------------------------------
+
+    def _decide(self, key: str, run: ScheduledRun, now: float) -> Decision:
+        lease = self.store.lease(key)
+        if lease.take_of(run.key) is not None:  # an attempt of this run took the lease: carry that out
+            return self._top_up_decision(RunResult(outcome=Outcome.TOPUP_UNKNOWN, scheduled_time=run.key), lease)
         try:
             balance = self.account.call(lambda c: c.get_account_balance())
         except errors.UnreadableResponseError as exc:
-            return self._invalid_balance(key, run, now, exc, alerts)
+            logger.error("balance unreadable or invalid: no top-up", reason=exc.message)
+            return Decision(
+                result=RunResult(outcome=Outcome.INVALID_BALANCE, scheduled_time=run.key, detail=exc.message),
+                alerts=[
+                    PendingAlert(
+                        kind="invalid_balance",
+                        subject="Vonage balance unreadable",
+                        message=f"The balance answer could not be used ({exc.message}). No top-up is sent until "
+                        "it reads correctly.",
+                    )
+                ],
+            )
         metrics.add_metric(name="BalanceEUR", unit=MetricUnit.NoUnit, value=balance.value)
         metrics.add_metric(name="AutoReloadEnabled", unit=MetricUnit.Count, value=1 if balance.auto_reload else 0)
-        base = {"scheduled_time": run.key, "balance": balance.value, "auto_reload": balance.auto_reload}
+        return self._decide_on(key, run, now, balance, lease)
+
+    def _decide_on(self, key: str, run: ScheduledRun, now: float, balance: Balance, lease: Lease) -> Decision:
+        result = RunResult(
+            outcome=Outcome.OK, scheduled_time=run.key, balance=balance.value, auto_reload=balance.auto_reload
+        )
+        value, threshold = f"{balance.value:.2f}", f"{self.settings.threshold:.2f}"
+
+        def low(outcome: Outcome, kind: str, subject: str, message: str, detail: str = "") -> Decision:
+            alert = PendingAlert(kind=kind, subject=subject, message=message)
+            return Decision(result=result.model_copy(update={"outcome": outcome, "detail": detail}), alerts=[alert])
 
         if balance.value >= self.settings.threshold:
-            self._recovered(key, balance.value, alerts, lease)
-            return RunResult(outcome=Outcome.OK, **base)
+            episode_open = bool(self.store.open_alerts(key))
+            recovered = PendingAlert(
+                subject="Vonage balance recovered",
+                message=f"The balance is {value} EUR, at or above the threshold of {threshold} EUR.",
+            )
+            return Decision(
+                result=result,
+                alerts=[recovered] if episode_open else [],
+                end_episode=episode_open,
+                confirm_unknown=lease.last_outcome == Outcome.TOPUP_UNKNOWN,
+            )
         if not balance.auto_reload:
-            self._alert_once(
-                key,
+            return low(
+                Outcome.LOW_ALERTED,
                 "low",
-                now,
-                alerts,
-                f"Vonage balance low: {balance.value:.2f} EUR",
-                f"The balance is {balance.value:.2f} EUR, below the threshold of {self.settings.threshold:.2f} EUR, "
-                "and auto-reload is off, so a top-up would be refused. Add credit in the Vonage dashboard.",
+                f"Vonage balance low: {value} EUR",
+                f"The balance is {value} EUR, below the threshold of {threshold} EUR, and auto-reload is off, so "
+                "a top-up would be refused. Add credit in the Vonage dashboard.",
             )
-            return RunResult(outcome=Outcome.LOW_ALERTED, **base)
         if self.settings.dry_run or run.dry_run:
-            self._alert_once(
-                key,
+            return low(
+                Outcome.DRY_RUN,
                 "dry_run",
-                now,
-                alerts,
-                f"[dry run] Vonage balance low: {balance.value:.2f} EUR",
-                f"The balance is {balance.value:.2f} EUR, below {self.settings.threshold:.2f} EUR. A top-up would be "
-                "sent now, but DRY_RUN is on.",
+                f"[dry run] Vonage balance low: {value} EUR",
+                f"The balance is {value} EUR, below {threshold} EUR. A top-up would be sent now, but DRY_RUN is on.",
             )
-            return RunResult(outcome=Outcome.DRY_RUN, **base)
         switch = self.store.topup_switch()
         if switch.paused:  # an operator's switch, honoured at once; one alert per pause
-            self._alert_once(
-                key,
+            return low(
+                Outcome.SKIPPED_PAUSED,
                 f"paused_{int(switch.changedAt.timestamp()) if switch.changedAt else 0}",
-                now,
-                alerts,
-                f"Vonage top-ups paused: balance {balance.value:.2f} EUR",
-                f"The balance is {balance.value:.2f} EUR, below {self.settings.threshold:.2f} EUR, but top-ups were "
-                f"paused by {switch.changedBy or 'an operator'} ({switch.reason or 'no reason given'}). "
+                f"Vonage top-ups paused: balance {value} EUR",
+                f"The balance is {value} EUR, below {threshold} EUR, but top-ups were paused by "
+                f"{switch.changedBy or 'an operator'} ({switch.reason or 'no reason given'}). "
                 "Resume with `account-ops resume-topups`.",
             )
-            return RunResult(outcome=Outcome.SKIPPED_PAUSED, **base)
-        refusal = self.store.take_lease(key, run, now)
-        if refusal is Outcome.SKIPPED_DAILY_CAP:
-            self._alert_once(
-                key,
-                "cap",
-                now,
-                alerts,
-                "Vonage top-up daily cap reached",
-                f"The balance is {balance.value:.2f} EUR, below {self.settings.threshold:.2f} EUR, but "
-                f"{self.settings.daily_topup_cap} top-ups were already sent today. No more top-ups until tomorrow (UTC).",
+        if lease.lease_until > now:
+            return Decision(result=result.model_copy(update={"outcome": Outcome.SKIPPED_COOLDOWN}))
+        if lease.topups_on(datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")) >= self.settings.daily_topup_cap:
+            return self._cap_reached(result)
+        if self._trx() is None:
+            return low(
+                Outcome.TOPUP_FAILED,
+                "no_trx",
+                "Vonage top-up not possible",
+                "No top-up reference (topup_trx) is configured in the secret.",
+                _NO_TRX,
             )
-        if refusal is not None:
-            return RunResult(outcome=refusal, **base)
-        return self._top_up(key, base, now, alerts)
+        return self._top_up_decision(result, lease)
 
-    def _died_mid_top_up(self, key: str, run: ScheduledRun, lease: dict[str, Any]) -> RunResult | None:
-        """An earlier attempt of this run took the lease and died before recording what happened:
-        the top-up may have been sent. Never send again: report UNKNOWN, let the balance confirm."""
-        if lease.get("run") != run.key or lease.get("last_outcome") != "pending":
-            return None
-        logger.error("an earlier attempt of this run died after taking the top-up lease", scheduled_time=run.key)
-        self.store.record_lease_outcome(key, Outcome.TOPUP_UNKNOWN)
-        return RunResult(
-            outcome=Outcome.TOPUP_UNKNOWN, scheduled_time=run.key, detail="earlier attempt died mid top-up"
+    def _cap_reached(self, result: RunResult) -> Decision:
+        return Decision(
+            result=result.model_copy(update={"outcome": Outcome.SKIPPED_DAILY_CAP}),
+            alerts=[
+                PendingAlert(
+                    kind="cap",
+                    subject="Vonage top-up daily cap reached",
+                    message=f"The balance is {result.balance or 0:.2f} EUR, below {self.settings.threshold:.2f} EUR, "
+                    f"but {self.settings.daily_topup_cap} top-ups were already sent today. No more top-ups until "
+                    "tomorrow (UTC).",
+                )
+            ],
         )
 
-    def _top_up(self, key: str, base: dict[str, Any], now: float, alerts: list[PendingAlert]) -> RunResult:
+    def _top_up_decision(self, result: RunResult, lease: Lease) -> Decision:
+        """Top up: recorded as the worst it can come to, until the top-up's answer is recorded."""
+        unknown = result.model_copy(update={"outcome": Outcome.TOPUP_UNKNOWN, "detail": _STOPPED})
+        return Decision(
+            result=unknown, alerts=self._top_up_alerts(unknown), top_up=TopUpPlan(lease_version=lease.version)
+        )
+
+    # -- carrying out a top-up ----------------------------------------------------------------------
+
+    def _top_up(self, key: str, run: ScheduledRun, now: float, decision: Decision) -> Decision:
+        """Take the lease and send the top-up once; or, for a retry, learn from the lease what an
+        earlier attempt of this run did. Never sends for a run whose take is on the lease."""
+        plan = decision.top_up or TopUpPlan(lease_version=0)
+        base = decision.result
+        lease = self.store.lease(key)
+        take = lease.take_of(run.key)
+        if take is not None:
+            return self._from_take(key, run, decision, take)
+        refusal = self.store.take_lease(key, run.key, now, seen_version=plan.lease_version)
+        if refusal == "cap":
+            return self._cap_reached(base).model_copy(update={"top_up": TopUpPlan(lease_version=0, done=True)})
+        if refusal == "cooldown":
+            skipped = base.model_copy(update={"outcome": Outcome.SKIPPED_COOLDOWN, "detail": ""})
+            return Decision(result=skipped, top_up=TopUpPlan(lease_version=0, done=True))
         trx = self._trx()
-        if trx is None:
-            self.store.record_lease_outcome(key, Outcome.TOPUP_FAILED)
-            alerts.append(
-                PendingAlert(
-                    subject="Vonage top-up not possible",
-                    message="No top-up reference (topup_trx) is configured in the secret.",
-                )
-            )
-            return RunResult(outcome=Outcome.TOPUP_FAILED, detail="no topup_trx configured", **base)
+        if trx is None:  # removed since the decision: nothing sent
+            return self._top_up_done(key, run, base, Outcome.TOPUP_FAILED, _NO_TRX, give_back=True)
         metrics.add_metric(name="TopUpSent", unit=MetricUnit.Count, value=1)
-        logger.info("sending one top-up", balance=base["balance"])
+        logger.info("sending one top-up", balance=base.balance)
         try:
             self.account.call(lambda c: c.top_up_account_balance(trx), retry_on_401=False)
         except (errors.AutoReloadNotEnabledError, errors.TopUpRefusedError) as exc:
-            self.store.record_lease_outcome(key, Outcome.TOPUP_REFUSED)
-            self.store.note_alert(key, "topup", now)
-            alerts.append(
-                PendingAlert(subject="Vonage top-up refused", message=f"Vonage refused the top-up: {exc.reason}.")
-            )
-            return RunResult(outcome=Outcome.TOPUP_REFUSED, detail=exc.reason, **base)
+            # Refused by the payment side: keep the lease, so a declined card is not retried every tick.
+            return self._top_up_done(key, run, base, Outcome.TOPUP_REFUSED, exc.reason, give_back=False)
         except errors.AccountApiError as exc:
             unknown = errors.outcome_unknown(exc)
             outcome = Outcome.TOPUP_UNKNOWN if unknown else Outcome.TOPUP_FAILED
-            self.store.record_lease_outcome(key, outcome)
-            self.store.note_alert(key, "topup", now)
             logger.error(
                 "top-up did not report success", outcome=str(outcome), error=type(exc).__name__, reason=exc.message
             )
-            alerts.append(
+            return self._top_up_done(key, run, base, outcome, type(exc).__name__, give_back=not unknown)
+        return self._top_up_done(key, run, base, Outcome.TOPUP_SUCCEEDED, "", give_back=False)
+
+    def _top_up_done(
+        self, key: str, run: ScheduledRun, base: RunResult, outcome: Outcome, detail: str, *, give_back: bool
+    ) -> Decision:
+        self.store.record_take(key, run.key, str(outcome), detail, give_back=give_back)
+        result = base.model_copy(update={"outcome": outcome, "detail": detail})
+        return Decision(result=result, alerts=self._top_up_alerts(result), top_up=TopUpPlan(lease_version=0, done=True))
+
+    def _from_take(self, key: str, run: ScheduledRun, decision: Decision, take: Take) -> Decision:
+        if take.pending:  # an earlier attempt took the lease and stopped: the top-up may have been sent
+            logger.error("an earlier attempt of this run stopped after taking the top-up lease", scheduled_time=run.key)
+            return self._top_up_done(key, run, decision.result, Outcome.TOPUP_UNKNOWN, _STOPPED, give_back=False)
+        result = decision.result.model_copy(update={"outcome": Outcome(take.outcome), "detail": take.detail})
+        return Decision(result=result, alerts=self._top_up_alerts(result), top_up=TopUpPlan(lease_version=0, done=True))
+
+    def _top_up_alerts(self, result: RunResult) -> list[PendingAlert]:
+        threshold = f"{self.settings.threshold:.2f}"
+        cooldown = self.settings.topup_cooldown_minutes
+        if result.outcome is Outcome.TOPUP_SUCCEEDED:
+            return [
                 PendingAlert(
-                    subject="Vonage top-up outcome unknown" if unknown else "Vonage top-up failed",
-                    message=f"The top-up request {'may have been processed' if unknown else 'was not processed'} "
-                    f"({type(exc).__name__}). It is not retried; the lease is kept for "
-                    f"{self.settings.topup_cooldown_minutes} minutes and later runs confirm from the balance.",
+                    subject="Vonage top-up sent",
+                    message=f"The balance was {result.balance or 0:.2f} EUR, below {threshold} EUR: one top-up was "
+                    "sent and accepted. The balance shows it within minutes.",
                 )
+            ]
+        if result.outcome is Outcome.TOPUP_REFUSED:
+            subject, message = "Vonage top-up refused", f"Vonage refused the top-up: {result.detail}."
+        elif result.outcome is Outcome.TOPUP_UNKNOWN:
+            subject = "Vonage top-up outcome unknown"
+            message = (
+                f"The top-up request may have been processed ({result.detail}). It is not retried; the lease is "
+                f"kept for {cooldown} minutes and later runs confirm from the balance."
             )
-            return RunResult(outcome=outcome, detail=type(exc).__name__, **base)
-        self.store.record_lease_outcome(key, Outcome.TOPUP_SUCCEEDED)
-        alerts.append(
-            PendingAlert(
-                subject="Vonage top-up sent",
-                message=f"The balance was {base['balance']:.2f} EUR, below {self.settings.threshold:.2f} EUR: one "
-                "top-up was sent and accepted. The balance shows it within minutes.",
+        else:
+            subject = "Vonage top-up failed"
+            message = (
+                f"The top-up request was not processed ({result.detail}). It is not retried by this run; the "
+                "lease is given back, so the next run can top up."
             )
-        )
-        return RunResult(outcome=Outcome.TOPUP_SUCCEEDED, **base)
+        return [PendingAlert(subject=subject, message=message, opens_episode=True)]
 
     def _trx(self) -> SecretStr | None:
         if self.settings.topup_trx_secret_arn:
@@ -556,53 +445,31 @@ class BalanceWatcher:
             trx = read_credentials(self.account.store.secret_arn).topup_trx  # maybe added since cached
         return trx
 
-    def _invalid_balance(
-        self, key: str, run: ScheduledRun, now: float, exc: errors.UnreadableResponseError, alerts: list[PendingAlert]
-    ) -> RunResult:
-        logger.error("balance unreadable or invalid: no top-up", reason=exc.message)
-        self._alert_once(
-            key,
-            "invalid_balance",
-            now,
-            alerts,
-            "Vonage balance unreadable",
-            f"The balance answer could not be used ({exc.message}). No top-up is sent until it reads correctly.",
-        )
-        return RunResult(outcome=Outcome.INVALID_BALANCE, scheduled_time=run.key, detail=exc.message)
+    # -- after the decision: each step safe to repeat -----------------------------------------------
 
-    def _alert_once(
-        self, key: str, kind: str, now: float, alerts: list[PendingAlert], subject: str, message: str
-    ) -> None:
-        if self.store.should_alert(key, kind, now):
-            alerts.append(PendingAlert(subject=subject, message=message))
-        else:
-            logger.info("alert suppressed by the alert cooldown", kind=kind)
-
-    def _recovered(self, key: str, value: float, alerts: list[PendingAlert], lease: dict[str, Any]) -> None:
-        if lease.get("last_outcome") == Outcome.TOPUP_UNKNOWN:
-            self.store.record_lease_outcome(key, "confirmed_by_balance")
-            logger.info("balance back above the threshold after an UNKNOWN top-up", balance=value)
-        if self.store.end_episode(key):
-            alerts.append(
-                PendingAlert(
-                    subject="Vonage balance recovered",
-                    message=f"The balance is {value:.2f} EUR, at or above the threshold of "
-                    f"{self.settings.threshold:.2f} EUR.",
-                )
-            )
-
-    # -- after the decision --------------------------------------------------------------------------
-
-    def _complete(
-        self, key: str, run: ScheduledRun, now: float, result: RunResult, alerts: list[PendingAlert]
-    ) -> RunResult:
-        """Metric, history row, alerts, finished: in that order, each safe to repeat."""
+    def _finish(self, key: str, run: ScheduledRun, now: float, decision: Decision) -> RunResult:
+        """Metric, history row, alerts, end of episode, finished: in that order."""
+        result = decision.result
         metrics.add_metric(name=OUTCOME_METRICS[result.outcome], unit=MetricUnit.Count, value=1)
-        self.store.record_history(key, run, result, now)
+        self.store.record_history(key, run.key, result.model_dump(), now)
         logger.info(
             "balance check decided", outcome=str(result.outcome), balance=result.balance, scheduled_time=run.key
         )
-        for alert in alerts:
+        if decision.confirm_unknown:
+            self.store.confirm_unknown(key)
+            logger.info("balance back above the threshold after an UNKNOWN top-up", balance=result.balance)
+        for alert in decision.alerts:
+            if alert.kind and not self.store.should_alert(key, alert.kind, now, token=run.key):
+                logger.info("alert suppressed by the alert cooldown", kind=alert.kind)
+                continue
+            if alert.opens_episode:
+                self.store.note_alert(key, "topup", now)
             self.alerts.send(alert.subject, alert.message)
-        self.store.mark_finished(key, run)
+        if decision.end_episode:
+            self.store.end_episode(key)
+        self.store.mark_finished(key, run.key)
         return result
+
+
+_STOPPED = "an attempt stopped during the top-up"
+_NO_TRX = "no topup_trx configured"
