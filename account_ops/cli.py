@@ -51,11 +51,15 @@ def status(target: Target, args: argparse.Namespace, out: Out) -> int:
         out(f"  balance        {balance.body['value']:.2f} {balance.body['currency']}, auto-reload {reload}")
     else:
         out(f"  balance        {_fail(balance, 'unavailable')}")
-    switch = target.call("GET", "/topups").body or {}
+    switch = target.call("GET", "/topups")
     dry_run = target.parameters.get("DryRun", "?") == "true"
-    mode = "dry run (decides and alerts, never tops up)" if dry_run else "live"
-    if switch.get("paused"):
-        mode += f"; PAUSED by {switch.get('changedBy')} at {switch.get('changedAt')}: {switch.get('reason') or '-'}"
+    if not switch.ok or not isinstance(switch.body, dict):  # never guess "live" about money
+        mode = f"UNKNOWN: {_fail(switch, 'the top-up switch could not be read')}"
+    elif switch.body.get("paused"):
+        b = switch.body
+        mode = f"PAUSED by {b.get('changedBy')} at {b.get('changedAt')}: {b.get('reason') or '-'}"
+    else:
+        mode = "dry run (decides and alerts, never tops up)" if dry_run else "live"
     out(f"  top-ups        {mode}")
     settings = target.call("GET", "/settings")
     if settings.ok:
@@ -78,7 +82,7 @@ def status(target: Target, args: argparse.Namespace, out: Out) -> int:
         decisions = history.body["decisions"][:5]
         out(f"  last runs      {', '.join(d['outcome'] for d in decisions) or '(none in the last day)'}")
     out(f"  alarms         {_alarm_summary(target)}")
-    return 0 if balance.ok else 1
+    return 0 if balance.ok and switch.ok else 1
 
 
 def _alarm_summary(target: Target) -> str:

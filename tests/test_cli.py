@@ -87,7 +87,8 @@ def test_rotate_and_wait_follows_it_until_the_new_secret_is_current(
 def test_pause_and_resume_are_honoured_and_show_in_history(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     code, text = run(stack, monkeypatch, "pause-topups", "--reason", "card replaced")
     assert code == 0 and "top-ups paused by arn:aws:iam::000000000000:user/local-developer (card replaced)" in text
-    assert "PAUSED by" in run(stack, monkeypatch, "status")[1]
+    shown = run(stack, monkeypatch, "status")[1]
+    assert "top-ups        PAUSED by" in shown and "live" not in shown
     set_balance(stack, 3.0)
     now = datetime.now(UTC).replace(microsecond=0)
     assert stack.tick(now - timedelta(minutes=10))["outcome"] == "skipped_paused"
@@ -97,6 +98,28 @@ def test_pause_and_resume_are_honoured_and_show_in_history(stack: LocalStack, mo
     assert (
         code == 0 and "topup_succeeded" in text and "skipped_paused" in text and "decisions in the last 2 days" in text
     )
+
+
+def test_status_never_says_live_when_the_switch_cannot_be_read(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local import aws_resources
+
+    table = stack.resources.tables["WatcherStateTable"]
+    ddb = boto3.client("dynamodb", endpoint_url=stack.moto_url)
+    ddb.delete_table(TableName=table)
+    try:
+        code, text = run(stack, monkeypatch, "status")
+    finally:  # the state table back, empty, for the module's other tests
+        props = aws_resources.resources_of_type(aws_resources.load_template(), "AWS::DynamoDB::Table")[table]
+        ddb.create_table(
+            TableName=table,
+            AttributeDefinitions=props["Properties"]["AttributeDefinitions"],
+            KeySchema=props["Properties"]["KeySchema"],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    assert code == 1, text
+    assert "top-ups        UNKNOWN" in text and "502" in text and "live" not in text
 
 
 def test_smoke_checks_every_read_route_the_watcher_and_the_topic(

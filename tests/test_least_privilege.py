@@ -270,7 +270,7 @@ def test_every_statement_names_its_intended_resource() -> None:
         "secretsmanager:RotateSecret": {"VonageSecret"},
         "lambda:InvokeFunction": {"SecretRotationFunction"},
         "dynamodb:GetItem": {"WatcherStateTable"},
-        "dynamodb:PutItem": {"WatcherStateTable"},
+        "dynamodb:PutItem": {"WatcherStateTable", "TopUpHistoryTable"},
         "dynamodb:Query": {"TopUpHistoryTable"},
     }
     watcher = resources_of("BalanceWatcherFunctionRole")

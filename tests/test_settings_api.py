@@ -207,7 +207,7 @@ def test_rotate_refused_by_secrets_manager_is_a_problem(api: ModuleType, vonage_
     boto3.client("secretsmanager").delete_secret(SecretId=vonage_secret, ForceDeleteWithoutRecovery=True)
     status, headers, body = call(api, load_event("settings_post_rotate.json"))
     assert status == 502 and headers["Content-Type"] == "application/problem+json"
-    assert body["title"] == "Secrets Manager refused the rotation"
+    assert body["title"] == "AWS resource missing" and "RotateSecret" in body["detail"]
 
 
 def test_unknown_route_and_wrong_method(api: ModuleType) -> None:
@@ -276,15 +276,169 @@ def test_rotation_state_topup_switch_and_history_routes(api: ModuleType, sim: Si
     assert switch["changedBy"] == load_event("settings_put_settings.json")["requestContext"]["identity"]["userArn"]
     assert call(api, request("GET", "/topups"))[2]["paused"] is True
     status, _, history = call(api, request("GET", "/history") | {"queryStringParameters": {"days": "30"}})
-    assert status == 200 and history["days"] == 30 and history["decisions"] == []
+    assert status == 200 and history["days"] == 30 and history["nextCursor"] is None
+    [row] = history["decisions"]  # the pause, with who and why
+    assert (row["outcome"], row["detail"], row["changedBy"]) == ("topups_paused", "audit", switch["changedBy"])
     status, _, problem = call(api, request("GET", "/history") | {"queryStringParameters": {"days": "365"}})
     assert status == 422 and problem["invalid_params"][0]["name"] == "query.days"
 
 
-def test_get_on_the_rotate_route_is_405_not_a_secret_lookup(api: ModuleType, sim: Sim) -> None:
-    status, headers, _body = call(api, request("GET", "/secrets/rotate"))
+@pytest.mark.parametrize("path", ["/secrets/rotate", "/secrets/rotate/", "/secrets/rotate//"])
+def test_get_on_the_rotate_route_is_405_not_a_secret_lookup(api: ModuleType, sim: Sim, path: str) -> None:
+    status, headers, _body = call(api, request("GET", path))
     assert (status, headers["Allow"], headers["Content-Type"]) == (405, "POST", "application/problem+json")
     assert sim.requests() == []  # Vonage was never asked for a secret called "rotate"
+
+
+def put_topups(api: ModuleType, body: Any) -> tuple[int, dict[str, str], Any]:
+    return call(api, with_body("settings_put_topups.json", body))
+
+
+@pytest.mark.parametrize("paused", ["yes", "1", 1, 0, "off", "true", None, [], {}])
+def test_the_switch_that_moves_money_takes_only_a_json_boolean(api: ModuleType, paused: Any) -> None:
+    status, _, problem = put_topups(api, {"paused": paused})
+    assert status == 422 and problem["invalid_params"][0]["name"] == "paused"
+    assert call(api, request("GET", "/topups"))[2]["paused"] is False  # nothing changed
+
+
+def test_the_pause_reason_is_screened_and_every_change_is_a_history_row(api: ModuleType) -> None:
+    hostile = "card\u202eDELIAF\u202c replaced\r\nFAKE: top-ups resumed\x1b[31m\u200b"
+    status, _, switch = put_topups(api, {"paused": True, "reason": hostile})
+    assert status == 200
+    assert switch["reason"] == "card DELIAF replaced FAKE: top-ups resumed [31m"
+    assert put_topups(api, {"paused": False})[0] == 200
+    assert put_topups(api, {"paused": True, "reason": "x" * 201})[0] == 422  # capped, and not silently
+    history = call(api, request("GET", "/history"))[2]["decisions"]
+    assert [(d["outcome"], d["detail"]) for d in history] == [
+        ("topups_resumed", None),
+        ("topups_paused", "card DELIAF replaced FAKE: top-ups resumed [31m"),
+    ]
+
+
+def test_history_comes_in_pages_and_says_when_there_is_more(api: ModuleType, vonage_secret: str) -> None:
+    """Seven days at a 5-minute schedule are 2,016 rows: the answer pages them instead of cutting."""
+    from datetime import UTC, datetime, timedelta
+
+    ddb = boto3.client("dynamodb")
+    now = datetime.now(UTC).replace(microsecond=0)
+    for minutes in range(0, 250 * 5, 5):
+        at = (now - timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ddb.put_item(
+            TableName="TopUpHistoryTable",
+            Item={
+                "account": {"S": simmod.DEFAULT_API_KEY},
+                "at": {"S": at},
+                "scheduled_time": {"S": at},
+                "outcome": {"S": "ok"},
+            },
+        )
+    seen: list[str] = []
+    query: dict[str, str] = {"days": "7", "limit": "100"}
+    while True:
+        status, _, page = call(api, request("GET", "/history") | {"queryStringParameters": query})
+        assert status == 200 and len(page["decisions"]) <= 100
+        seen += [d["scheduledTime"] for d in page["decisions"]]
+        if not page["nextCursor"]:
+            break
+        query["cursor"] = page["nextCursor"]
+    assert len(seen) == 250 and seen == sorted(seen, reverse=True) and len(set(seen)) == 250
+    for cursor in ("bm90LWEtdGltZQ", "!!", "x" * 300):
+        status, _, problem = call(api, request("GET", "/history") | {"queryStringParameters": {"cursor": cursor}})
+        assert status == 422 and problem["invalid_params"][0]["name"].endswith("cursor"), problem
+
+
+# Where a route's own AWS call meets the fault, the status it must answer. Elsewhere the route may
+# not touch what is broken (GET /topups reads no secret), or meets it reading the credentials first
+# (502, "credentials unavailable"): a success or a documented problem, never a 500.
+EXACT = {
+    ("no_tables", "GET /topups"): 502,
+    ("no_tables", "PUT /topups"): 502,
+    ("no_tables", "GET /history"): 502,
+    ("no_secret", "GET /rotation"): 502,
+    ("no_secret", "POST /secrets/rotate"): 502,
+    ("no_secret", "GET /balance"): 502,
+    ("unreachable", "GET /topups"): 503,
+    ("unreachable", "GET /rotation"): 503,
+    ("throttled", "GET /topups"): 503,
+    ("throttled", "GET /rotation"): 503,
+}
+
+
+@pytest.mark.parametrize("break_aws", ["no_tables", "no_secret", "unreachable", "throttled"])
+@pytest.mark.parametrize(
+    "route",
+    [
+        ("GET", "/topups", None),
+        ("PUT", "/topups", {"paused": True}),
+        ("GET", "/history", None),
+        ("GET", "/rotation", None),
+        ("POST", "/secrets/rotate", None),
+        ("GET", "/balance", None),
+    ],
+    ids=lambda r: f"{r[0]} {r[1]}",
+)
+def test_aws_failing_is_a_problem_never_a_500(
+    api: ModuleType,
+    vonage_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    route: tuple[str, str, Any],
+    break_aws: str,
+    json_logs: JsonLogs,
+) -> None:
+    """A missing table or secret, an unreachable endpoint, throttling: each AWS call of each route
+    answers a documented problem (Retry-After where waiting helps), never a 500."""
+    from account_api import aws_clients
+
+    if break_aws == "no_tables":
+        for table in ("WatcherStateTable", "TopUpHistoryTable"):
+            boto3.client("dynamodb").delete_table(TableName=table)
+    elif break_aws == "no_secret":
+        boto3.client("secretsmanager").delete_secret(SecretId=vonage_secret, ForceDeleteWithoutRecovery=True)
+    elif break_aws == "unreachable":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+        aws_clients.reset()
+    else:
+        throttle = {"__type": "ThrottlingException", "message": "Rate exceeded"}
+        from botocore.awsrequest import AWSResponse
+
+        class Raw:
+            def stream(self, **kwargs: Any) -> Iterator[bytes]:
+                yield json.dumps(throttle).encode()
+
+        for service in ("dynamodb", "secretsmanager"):
+            aws_clients.client(service).meta.events.register_first(
+                "before-send",
+                lambda **kw: AWSResponse("http://x", 400, {"x-amzn-ErrorType": "ThrottlingException"}, Raw()),
+            )
+    method, path, body = route
+    event = with_body("settings_put_topups.json", body) if method == "PUT" else request(method, path)
+    answer_status, headers, problem = call(api, event)
+    expected = EXACT.get((break_aws, f"{method} {path}"))
+    if expected is not None:
+        assert answer_status == expected, problem
+    assert answer_status in {200, 202, 502, 503, 504}, problem
+    if answer_status >= 500:
+        assert headers["Content-Type"] == "application/problem+json", problem
+    if answer_status == 503:
+        assert int(headers["Retry-After"]) > 0
+    assert "Traceback" not in json_logs.text
+
+
+def test_an_unexpected_vonage_answer_reaches_no_answer_or_log_unredacted(
+    api: ModuleType, sim: Sim, json_logs: JsonLogs, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A 200 whose body is not what the spec says, repeating our secret with control characters and
+    3 KB of text: the 502 detail and the error log line are clean and bounded."""
+    junk = f"{simmod.DEFAULT_API_SECRET}\r\n\x1b[2J\u202eFAKE LOG LINE " + "A" * 3000
+    sim.fault("getAccountBalance", status=200, problem={"value": junk, "autoReload": junk, junk[:40]: junk}, times=5)
+    status, _, problem = call(api, request("GET", "/balance"))
+    assert status == 502
+    logged = json_logs.text + capfd.readouterr().out
+    for text in (json.dumps(problem), logged):
+        assert simmod.DEFAULT_API_SECRET not in text
+        assert "\x1b" not in text and "\u202e" not in text and "FAKE LOG LINE\n" not in text
+    assert len(problem["detail"]) <= 500
+    assert max(len(line) for line in logged.splitlines()) < 2000
 
 
 def with_content_type(method: str, path: str, body: str, media_type: str | None) -> dict[str, Any]:
@@ -423,7 +577,7 @@ def test_openapi_document_describes_the_api_as_it_answers() -> None:
         ("PUT", "/settings"): [200, 400, 413, 415, 422, *upstream],
         ("GET", "/balance"): [200, *upstream],
         ("GET", "/secrets"): [200, *upstream],
-        ("POST", "/secrets/rotate"): [202, 409, 413, 415, 502],
+        ("POST", "/secrets/rotate"): [202, 409, 413, 415, 502, 503, 504],
         ("GET", "/secrets/{secret_id}"): [200, 404, 405, 422, *upstream],
         ("POST", "/senders"): [201, 400, 413, 415, 422, *upstream],
         ("GET", "/rotation"): [200, *upstream],

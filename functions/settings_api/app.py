@@ -49,9 +49,9 @@ _PROBLEM_TEXTS = {
     413: "Body larger than 8 KiB",
     415: "Body is not application/json",
     422: "Invalid input (invalid_params names each field), a failed callback check, or Vonage refused it",
-    502: "Vonage or Secrets Manager failed, or refused the stored credentials",
-    503: "Vonage is rate limiting requests (see Retry-After)",
-    504: "Vonage did not answer in time, or the request ran out of time",
+    502: "Vonage or an AWS service (Secrets Manager, DynamoDB) failed, or Vonage refused the stored credentials",
+    503: "Vonage or AWS is rate limiting requests, or AWS is unreachable (see Retry-After)",
+    504: "Vonage or AWS did not answer in time, or the request ran out of time",
 }
 UPSTREAM = (502, 503, 504)
 
@@ -118,7 +118,7 @@ def get_secrets() -> service.SecretsView:
     return service.list_secrets(account)
 
 
-@_route("POST", "/secrets/rotate", 409, 413, 415, 502, success=(202, "Rotation started", service.RotationStarted))
+@_route("POST", "/secrets/rotate", 409, 413, 415, *UPSTREAM, success=(202, "Rotation started", service.RotationStarted))
 def rotate_secret() -> Response[service.RotationStarted]:
     return Response(
         status_code=202, content_type="application/json", body=service.request_rotation(account.store.secret_arn)
@@ -142,12 +142,28 @@ def get_topups() -> switch.TopUpSwitch:
 
 @_route("PUT", "/topups", 400, 413, 415, 422, *UPSTREAM, success=(200, "The switch as set", switch.TopUpSwitch))
 def put_topups(change: switch.TopUpSwitchChange) -> switch.TopUpSwitch:
-    return switch.change_topup_switch(tables.state_table, change, _caller())
+    return switch.change_topup_switch(
+        tables.state_table,
+        change,
+        _caller(),
+        history_table=tables.history_table,
+        account_key=account.credentials().api_key,
+    )
 
 
-@_route("GET", "/history", 422, *UPSTREAM, success=(200, "The watcher's decisions, newest first", service.History))
-def get_history(days: Annotated[int, Query(ge=1, le=90)] = 7) -> service.History:
-    return service.read_history(account, tables.history_table, days)
+@_route(
+    "GET",
+    "/history",
+    422,
+    *UPSTREAM,
+    success=(200, "The watcher's decisions and switch changes, newest first, a page at a time", service.History),
+)
+def get_history(
+    days: Annotated[int, Query(ge=1, le=90)] = 7,
+    limit: Annotated[int, Query(ge=1, le=service.HISTORY_PAGE_MAX)] = service.HISTORY_PAGE_DEFAULT,
+    cursor: Annotated[str | None, Query(pattern=service.CURSOR_PATTERN)] = None,
+) -> service.History:
+    return service.read_history(account, tables.history_table, days, limit=limit, cursor=cursor)
 
 
 @_route("GET", "/version", success=(200, "The release of account-ops that answers", service.VersionView))

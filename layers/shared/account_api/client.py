@@ -30,7 +30,7 @@ from . import deadline as invocation
 from . import errors
 from .config import Timeouts
 from .models import AccountSettings, Balance, SecretInfo, SenderRegistration, TopUpResult
-from .wire import error_for, parse_body
+from .wire import error_for, parse_body, sanitized
 
 REST_BASE_URL = "https://rest.nexmo.com"
 API_BASE_URL = "https://api.nexmo.com"
@@ -221,17 +221,17 @@ class AccountClient:
             url += f"/{secret_id}"
         return url
 
-    @staticmethod
-    def _model(operation: str, model: type[ModelT], body: dict[str, Any]) -> ModelT:
+    def _model(self, operation: str, model: type[ModelT], body: dict[str, Any]) -> ModelT:
         try:
             return model.model_validate(body)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors(include_input=False)
             )
-            raise errors.UnreadableResponseError(
+            unreadable = errors.UnreadableResponseError(
                 f"{operation}: unexpected answer ({problems})", operation=operation, status=200, body=body
-            ) from None
+            )
+            raise sanitized(unreadable, [self._secret.get_secret_value()]) from None
 
     def _call(
         self,
@@ -252,10 +252,10 @@ class AccountClient:
             if isinstance(error, dict):
                 return error
             if not retryable or attempt >= opts.max_attempts or not _is_retryable(error):
-                raise error
+                raise sanitized(error, self._sent_values(form, json_body))
             delay = self._delay(attempt, error)
             if delay is None or time.monotonic() + delay >= deadline:
-                raise error
+                raise sanitized(error, self._sent_values(form, json_body))
             time.sleep(delay)
 
     def _delay(self, attempt: int, error: errors.AccountApiError) -> float | None:
@@ -337,8 +337,12 @@ class AccountClient:
                 operation=operation,
                 status=response.status_code,
             )
-        sent_values = [self._secret.get_secret_value(), *(form or {}).values(), *_strings(json_body)]
+        sent_values = self._sent_values(form, json_body)
         return error_for(operation, response.status_code, body, response.headers, sent=sent_values) or body
+
+    def _sent_values(self, form: dict[str, str] | None, json_body: dict[str, Any] | None) -> list[str]:
+        """What we sent that an answer must never repeat into a log, an alert or an API answer."""
+        return [self._secret.get_secret_value(), *(form or {}).values(), *_strings(json_body)]
 
 
 class _AnswerTooLarge(Exception):

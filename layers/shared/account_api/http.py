@@ -24,6 +24,9 @@ def refuse_before_routing(
     (media types are case-insensitive) so the resolver sees `application/json`."""
     method = str(event.get("httpMethod") or "").upper()
     path = str(event.get("path") or "")
+    if len(path) > 1 and path.endswith("/"):  # /secrets/rotate/ is /secrets/rotate, for us and the resolver
+        path = path.rstrip("/") or "/"
+        event["path"] = path
     for pattern, methods in routes.items():
         if re.fullmatch(pattern, path):
             if method not in methods:

@@ -109,7 +109,47 @@ def problem_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     if isinstance(exc, errors.AccountApiError):
         # Credentials unavailable, 5xx, unreadable answers, transport failures, unexpected 4xx.
         return 502, problem(502, "Upstream failure", _upstream_detail(exc)), headers
+    aws = _aws_problem(exc)
+    if aws is not None:
+        return aws
     return 500, problem(500, "Internal error", "The request failed; see the function's logs."), headers
+
+
+# Error codes with which AWS services say "slow down" (DynamoDB, Secrets Manager, SNS, STS).
+_THROTTLED = {
+    "ThrottlingException",
+    "Throttling",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "LimitExceededException",
+}
+AWS_RETRY_AFTER_SECONDS = 5
+
+
+def _aws_problem(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """An AWS call that failed (botocore's errors, after its own retries): never a 500. Names the
+    operation and the error code only: AWS's messages name resources, never a secret value, but
+    nothing more than the code is needed to act."""
+    from botocore import exceptions as aws
+
+    retry = {"Retry-After": str(AWS_RETRY_AFTER_SECONDS)}
+    if isinstance(exc, aws.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", "")) or "unknown"
+        operation = exc.operation_name or "AWS"
+        if code in _THROTTLED:
+            return 503, problem(503, "AWS is throttling requests", f"{operation} was throttled; try again."), retry
+        if code == "ResourceNotFoundException":
+            detail = f"{operation}: a table or secret of the stack is missing ({code}); see docs/runbook.md."
+            return 502, problem(502, "AWS resource missing", detail), {}
+        return 502, problem(502, "AWS request failed", f"{operation} failed ({code})."), {}
+    if isinstance(exc, aws.ConnectTimeoutError | aws.ReadTimeoutError):
+        return 504, problem(504, "AWS did not answer in time", f"{type(exc).__name__}; try again."), {}
+    if isinstance(exc, aws.ConnectionError | aws.HTTPClientError):
+        return 503, problem(503, "AWS unreachable", f"{type(exc).__name__}; try again."), retry
+    if isinstance(exc, aws.BotoCoreError):
+        return 502, problem(502, "AWS request failed", f"{type(exc).__name__}."), {}
+    return None
 
 
 def _upstream_detail(exc: errors.AccountApiError) -> str:

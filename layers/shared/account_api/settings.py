@@ -5,8 +5,9 @@ Each function takes and returns pydantic models; the handler only parses events 
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -200,17 +201,16 @@ def register_sender(account: VonageAccount, request: SenderRequest) -> SenderVie
 def request_rotation(secret_arn: str) -> RotationStarted:
     """Ask Secrets Manager to rotate now, through the configured rotation function, so Secrets
     Manager and Vonage never drift apart. A rotation already running is a 409."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     try:
         response = aws_clients.client("secretsmanager").rotate_secret(SecretId=secret_arn)
-    except (ClientError, BotoCoreError) as exc:
-        code = aws_clients.error_code(exc) or type(exc).__name__
-        if code == "InvalidRequestException":
+    except ClientError as exc:  # any other failure is answered by problems.problem_for (502/503/504)
+        if aws_clients.error_code(exc) == "InvalidRequestException":
             raise ApiProblem(
                 409, "Rotation not possible now", "A rotation is already in progress or rotation is not configured."
             ) from None
-        raise ApiProblem(502, "Secrets Manager refused the rotation", f"RotateSecret failed ({code}).") from None
+        raise
     logger.info("rotation requested", version_id=response.get("VersionId"))
     return RotationStarted(versionId=response.get("VersionId"))
 
@@ -272,36 +272,55 @@ def rotation_state(secret_arn: str) -> RotationState:
 
 
 class Decision(BaseModel):
+    """A row of the history: a watcher's decision, or a change of the top-up switch (`changedBy`)."""
+
     scheduledTime: str
     recordedAt: str | None = None
     outcome: str
     balance: float | None = None
     autoReload: bool | None = None
     detail: str | None = None
+    changedBy: str | None = None
 
 
 class History(BaseModel):
     account: str
     days: int
     decisions: list[Decision]
+    nextCursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next (older) page; null on the last page"
+    )
 
 
-def read_history(account: VonageAccount, history_table: str, days: int) -> History:
-    """The watcher's decisions of the last `days` days, newest first."""
+HISTORY_PAGE_DEFAULT = 100
+HISTORY_PAGE_MAX = 500
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,200}={0,2}$"
+
+
+def read_history(
+    account: VonageAccount,
+    history_table: str,
+    days: int,
+    *,
+    limit: int = HISTORY_PAGE_DEFAULT,
+    cursor: str | None = None,
+) -> History:
+    """The watcher's decisions (and switch changes) of the last `days` days, newest first, a page
+    at a time: `nextCursor` says there is more, so nothing is cut without saying so."""
     key = account.credentials().api_key
     since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    items = (
-        aws_clients.client("dynamodb")
-        .query(
-            TableName=history_table,
-            KeyConditionExpression="account = :a AND #at >= :since",
-            ExpressionAttributeNames={"#at": "at"},
-            ExpressionAttributeValues={":a": {"S": key}, ":since": {"S": since}},
-            ScanIndexForward=False,
-            Limit=500,
-        )
-        .get("Items", [])
-    )
+    query: dict[str, Any] = {
+        "TableName": history_table,
+        "KeyConditionExpression": "account = :a AND #at >= :since",
+        "ExpressionAttributeNames": {"#at": "at"},
+        "ExpressionAttributeValues": {":a": {"S": key}, ":since": {"S": since}},
+        "ScanIndexForward": False,
+        "Limit": limit,
+    }
+    if cursor:
+        query["ExclusiveStartKey"] = {"account": {"S": key}, "at": {"S": _cursor_position(cursor)}}
+    answer = aws_clients.client("dynamodb").query(**query)
+    last = answer.get("LastEvaluatedKey")
     return History(
         account=key,
         days=days,
@@ -313,10 +332,27 @@ def read_history(account: VonageAccount, history_table: str, days: int) -> Histo
                 balance=float(item["balance"]["N"]) if "balance" in item else None,
                 autoReload=item["auto_reload"]["BOOL"] if "auto_reload" in item else None,
                 detail=item.get("detail", {}).get("S"),
+                changedBy=item.get("changed_by", {}).get("S"),
             )
-            for item in items
+            for item in answer.get("Items", [])
         ],
+        nextCursor=base64.urlsafe_b64encode(last["at"]["S"].encode()).decode() if last else None,
     )
+
+
+def _cursor_position(cursor: str) -> str:
+    """The row a page starts after, from the opaque cursor the previous page gave."""
+    try:
+        position = base64.urlsafe_b64decode(cursor.encode()).decode()
+        datetime.fromisoformat(position.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiProblem(
+            422,
+            "Invalid cursor",
+            "cursor: not one that a previous page returned",
+            invalid_params=[{"name": "cursor", "reason": "not one that a previous page returned"}],
+        ) from None
+    return position
 
 
 class VersionView(BaseModel):

@@ -38,12 +38,15 @@ def _lower(body: Mapping[str, Any], *keys: str) -> str:
 
 MAX_REASON_LENGTH = 200
 REDACTED = "[redacted]"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Control characters, line and paragraph separators, and the invisible format characters that
+# reorder or hide text (bidi overrides and isolates, zero-width characters, the BOM).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2069\ufeff]+")
 
 
 def clean_text(text: str, redact: Sequence[str] = (), limit: int = MAX_REASON_LENGTH) -> str:
-    """Vonage's words made safe to repeat in logs, alerts and history: no value we sent (a URL, the
-    top-up reference, the secret), no control characters or line breaks, at most `limit` characters."""
+    """Words from outside (Vonage's, an operator's) made safe to repeat in logs, alerts and history:
+    no value we sent (a URL, the top-up reference, the secret), no control, bidi or zero-width
+    characters, no line breaks, at most `limit` characters."""
     for value in sorted((v for v in redact if v and len(v) >= 4), key=len, reverse=True):
         text = text.replace(value, REDACTED)
     text = " ".join(_CONTROL.sub(" ", text).split())
@@ -58,6 +61,18 @@ def _clean_body(value: Any, redact: Sequence[str]) -> Any:
     if isinstance(value, list):
         return [_clean_body(v, redact) for v in value[:50]]
     return value
+
+
+MAX_MESSAGE_LENGTH = 400
+
+
+def sanitized(error: errors.AccountApiError, redact: Sequence[str]) -> errors.AccountApiError:
+    """The error as the client raises it: every text in it, whatever the far end sent (a body of
+    an unexpected shape included), redacted, free of control characters and bounded."""
+    error.message = clean_text(error.message, redact, limit=MAX_MESSAGE_LENGTH)
+    error.args = (error.message,)
+    error.body = _clean_body(error.body, redact)
+    return error
 
 
 def error_for(
