@@ -40,7 +40,7 @@ $(STAMP): requirements-dev.txt layers/shared/requirements.txt pyproject.toml | p
 	@$(PY) -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -m pip install --quiet --no-deps -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps -e .
-	@$(PY) -c "import account_ops, moto, schemathesis" 2>/dev/null || $(PY) -m pip install -r requirements-dev.txt
+	@$(PY) -c "import account_ops, moto, schemathesis, xdist" 2>/dev/null || $(PY) -m pip install -r requirements-dev.txt
 	@touch $@
 
 $(STAMP_SAM): requirements-sam.txt | python
@@ -76,9 +76,14 @@ validate: $(STAMP_SAM)
 	@echo "make: sam validate --lint (cfn-lint)"
 	@$(SAM) validate --lint --template template.yaml
 
+# The suite on both cores (a file's tests stay on one worker: their module-scoped stacks hold);
+# the schema fuzzing apart, in one process: schemathesis's generated tests need one collection.
+FUZZ_TESTS := tests/test_api_fuzz.py tests/test_api_fuzz_aws_failing.py
 unit: $(STAMP) build  # the built layer is tested too (tests/test_built_layer.py)
-	@echo "make: pytest (client, functions, local stack, deploy rules, least privilege, API fuzzing, CLI)"
-	@$(PY) -m pytest
+	@echo "make: pytest on 2 workers (client, functions, watcher fault matrix, local stack, deploy rules, least privilege, CLI)"
+	@$(PY) -m pytest -n 2 --dist loadfile $(addprefix --ignore=,$(FUZZ_TESTS))
+	@echo "make: pytest, the API fuzzing (schemathesis, with AWS working and failing)"
+	@$(PY) -m pytest $(FUZZ_TESTS)
 
 # bench-quick: make bench runs (few repetitions, prints only); performance is never a pass/fail test here.
 test: lint typecheck validate unit bench-quick

@@ -500,7 +500,10 @@ def test_an_operators_pause_is_honoured_at_once_alerted_once_and_audited(stack: 
     from account_api.switch import TopUpSwitchChange, change_topup_switch, read_topup_switch
 
     table = stack.env["STATE_TABLE"]
-    change_topup_switch(table, TopUpSwitchChange(paused=True, reason="card replaced"), "arn:aws:iam::1:user/ops")
+    audit = {"history_table": stack.env["HISTORY_TABLE"], "account_key": simmod.DEFAULT_API_KEY}
+    change_topup_switch(
+        table, TopUpSwitchChange(paused=True, reason="card replaced"), "arn:aws:iam::1:user/ops", **audit
+    )
     assert read_topup_switch(table).changedBy == "arn:aws:iam::1:user/ops"
     stack.sim.set(balance=3.0)
     watcher = stack.watcher()
@@ -509,7 +512,15 @@ def test_an_operators_pause_is_honoured_at_once_alerted_once_and_audited(stack: 
     assert stack.topups() == 0
     [alert] = stack.read_alerts()  # one alert for the pause, not one per run
     assert "arn:aws:iam::1:user/ops" in alert["message"] and "card replaced" in alert["message"]
-    change_topup_switch(table, TopUpSwitchChange(paused=False), "arn:aws:iam::1:user/ops")
+    change_topup_switch(table, TopUpSwitchChange(paused=False), "arn:aws:iam::1:user/ops", **audit)
     assert watcher.run(run_at(10), now=ts(10)).outcome is Outcome.TOPUP_SUCCEEDED
     history = read_history(watcher.account, stack.env["HISTORY_TABLE"], days=3650)
-    assert [d.outcome for d in history.decisions] == ["topup_succeeded", "skipped_paused", "skipped_paused"]
+    # the switch's changes (now) are newer than the runs (T0): each is a row, with who changed it
+    assert [d.outcome for d in history.decisions] == [
+        "topups_resumed",
+        "topups_paused",
+        "topup_succeeded",
+        "skipped_paused",
+        "skipped_paused",
+    ]
+    assert history.decisions[1].changedBy == "arn:aws:iam::1:user/ops"

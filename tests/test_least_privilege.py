@@ -5,9 +5,13 @@ transformed template defines it, through its scenarios, against moto's server en
 2. Dropping any one granted action makes some scenario fail: no grant is unneeded.
 
 moto checks actions, not resource ARNs or conditions: for the run, every statement's Resource
-becomes "*" and conditions are dropped, and a static test checks that each statement names the
-intended resource and keeps its condition. Lambda, Scheduler and SQS-destination grants are used by
-AWS services, not by our code (and moto cannot check them): they are checked statically too.
+becomes "*" and conditions are dropped. So every AWS call the handlers make is recorded with the
+ARN it acts on, and judged against the role's statements with their Resources resolved as
+CloudFormation would resolve them (tests/cfn.py, Names): a grant on a table name instead of its
+ARN, on an index instead of the table, or on the wrong resource fails. Each function also runs
+with the environment the transformed template gives it, not one written for the test. Lambda,
+Scheduler and SQS-destination grants are used by AWS services, not by our code (and moto cannot
+check them): they are checked statically.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import pytest
 from account_api import aws_clients
 from local import aws_resources, rotation_trigger, webhooks
 from local.stack import proxy_event
-from tests.cfn import Deployment, actions, refs, transformed
+from tests.cfn import ACCOUNT as CFN_ACCOUNT
+from tests.cfn import REGION, Deployment, Names, actions, allowed, refs, transformed
 from tests.conftest import LambdaContext, Sim, load_handler, vonage_secret_value
 
 pytestmark = pytest.mark.slow
@@ -39,7 +44,43 @@ ROLES = {
     "secret_rotation": "SecretRotationFunctionRole",
 }
 ENFORCED = ("secretsmanager:", "dynamodb:", "sns:")  # services whose calls moto authorises
+FUNCTIONS = {
+    "settings_api": "SettingsApiFunction",
+    "balance_watcher": "BalanceWatcherFunction",
+    "secret_rotation": "SecretRotationFunction",
+}
+IAM_PREFIX = {"secrets-manager": "secretsmanager", "dynamodb": "dynamodb", "sns": "sns", "sqs": "sqs"}
+# What the tests point at the simulator, the webhook receivers and moto: nothing else is overridden.
+TEST_ONLY = ("VONAGE_REST_BASE_URL", "VONAGE_API_BASE_URL", "UNSAFE_CALLBACK_ALLOW_HOSTS", "AWS_ENDPOINT_URL")
 _runs = itertools.count(1)
+
+
+class Calls:
+    """Every AWS call the handlers make, as (IAM action, the ARN it acts on), from botocore's
+    before-parameter-build event on the layer's shared clients."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def watch(self, client: Any) -> Any:
+        client.meta.events.register("before-parameter-build", self._record)
+        return client
+
+    def _record(self, event_name: str, params: dict[str, Any], **kwargs: Any) -> None:
+        _, service, operation = event_name.split(".", 2)
+        action = f"{IAM_PREFIX.get(service, service)}:{operation}"
+        self.seen.append((action, _resource_of(service, params)))
+
+
+def _resource_of(service: str, params: dict[str, Any]) -> str:
+    if service == "dynamodb":
+        arn = f"arn:aws:dynamodb:{REGION}:{CFN_ACCOUNT}:table/{params['TableName']}"
+        return arn + (f"/index/{params['IndexName']}" if "IndexName" in params else "")
+    if service == "secrets-manager":
+        return str(params["SecretId"])
+    if service == "sns":
+        return str(params.get("TopicArn", "*"))
+    return "*"
 
 
 def moto_policy(statements: list[dict[str, Any]], without: str | None = None) -> str:
@@ -93,18 +134,24 @@ class World:
             RotationRules={"AutomaticallyAfterDays": 30},
             RotateImmediately=False,
         )
-        self.env = {
-            "VONAGE_SECRET_ARN": self.resources.secret_arn,
+        # the names moto gave the template's resources: every reference resolves to these
+        known = {**self.resources.tables, "VonageSecret": self.resources.secret_arn, "AlertTopic": "AlertTopic"}
+        self.names = Names(self.deployment, known=known)
+        self.test_only = {
             "VONAGE_REST_BASE_URL": sim.url,
             "VONAGE_API_BASE_URL": sim.url,
             "UNSAFE_CALLBACK_ALLOW_HOSTS": "localhost",
-            "BALANCE_THRESHOLD_EUR": "10",
-            "DRY_RUN": "false",
-            "STATE_TABLE": self.resources.tables["WatcherStateTable"],
-            "HISTORY_TABLE": self.resources.tables["TopUpHistoryTable"],
-            "ALERT_TOPIC_ARN": self.resources.topic_arn,
             "AWS_ENDPOINT_URL": moto_server,
         }
+        self.calls = Calls()
+        self.failures: list[Any] = []
+
+    def env(self, function: str) -> dict[str, str]:
+        """The function's environment as the transformed template sets it, plus the test's endpoints.
+        DRY_RUN is the operator's go-live switch: the scenarios run live."""
+        resource = self.deployment.resources[FUNCTIONS[function]]
+        variables = self.names.resolve(resource["Properties"]["Environment"]["Variables"])
+        return {**{k: str(v) for k, v in variables.items()}, "DRY_RUN": "false", **self.test_only}
 
     def statements(self, role: str) -> list[dict[str, Any]]:
         return self.deployment.role_statements(role)
@@ -135,12 +182,25 @@ def world(
     built = World(moto_server, sim, hooks)
     set_auth(moto_server, "0")  # from here on, every AWS call is authorised by its caller's policy
 
+    real_client = aws_clients.client
+    watched: set[int] = set()
+
+    def watch_once(service: str) -> Any:
+        client = real_client(service)
+        if id(client) not in watched:
+            watched.add(id(client))
+            built.calls.watch(client)
+        return client
+
+    monkeypatch.setattr(aws_clients, "client", watch_once)
+
     def as_function(function: str) -> tuple[World, Callable[[], ModuleType]]:
-        for name, value in {**built.env, **built.assume(ROLES[function])}.items():
+        for name, value in {**built.env(function), **built.assume(ROLES[function])}.items():
             monkeypatch.setenv(name, value)
 
         def cold_start() -> ModuleType:  # a fresh process: no credentials cached from an earlier run
             aws_clients.reset()
+            watched.clear()
             return load_handler(function)
 
         return built, cold_start
@@ -181,14 +241,22 @@ def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
         api("GET", "/history"),
         api("POST", "/secrets/rotate"),
     ]
-    answers = [app.lambda_handler(event, LambdaContext("settings_api"))["statusCode"] for event in requests]
-    return all(200 <= status < 300 for status in answers)
+    answers = [app.lambda_handler(event, LambdaContext("settings_api")) for event in requests]
+    failed = [
+        (e["httpMethod"], e["path"], a["statusCode"], a["body"][:200])
+        for e, a in zip(requests, answers, strict=True)
+        if not 200 <= a["statusCode"] < 300
+    ]
+    world.failures = failed
+    return not failed
 
 
 def watcher_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bool:
     app = cold_start()
     ddb = world.admin.client("dynamodb")
-    ddb.delete_item(TableName=world.env["STATE_TABLE"], Key={"pk": {"S": "lease#abcd1234"}})  # a free lease
+    ddb.delete_item(
+        TableName=world.resources.tables["WatcherStateTable"], Key={"pk": {"S": "lease#abcd1234"}}
+    )  # a free lease
     outcomes = []
     # a normal run; low, with one top-up and its alert; low with auto-reload off, which opens an
     # episode; recovered, which ends it
@@ -237,7 +305,11 @@ def test_each_function_runs_under_its_role_and_needs_every_grant(
 ) -> None:
     built, cold_start = world(function)
     role, scenarios = ROLES[function], SCENARIOS[function]
-    assert scenarios(built, cold_start), f"{function} cannot do its job under {role}"
+    assert scenarios(built, cold_start), f"{function} cannot do its job under {role}: {built.failures}"
+    # every call, by its ARN, against the statements as CloudFormation resolves them
+    statements = built.statements(role)
+    denied = sorted({(a, r) for a, r in built.calls.seen if not allowed(statements, built.names, a, r)})
+    assert built.calls.seen and denied == [], f"{role} would deny on AWS: {denied}"
     granted = sorted({a for s in built.statements(role) for a in actions(s) if a.startswith(ENFORCED)})
     assert granted, role
     unneeded = []

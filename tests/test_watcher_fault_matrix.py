@@ -282,7 +282,13 @@ class MatrixStack:
     def pause(self) -> None:
         from account_api.switch import TopUpSwitchChange, change_topup_switch
 
-        change_topup_switch(self.env["STATE_TABLE"], TopUpSwitchChange(paused=True, reason="test"), "ops")
+        change_topup_switch(
+            self.env["STATE_TABLE"],
+            TopUpSwitchChange(paused=True, reason="test"),
+            "ops",
+            history_table=self.env["HISTORY_TABLE"],
+            account_key=simmod.DEFAULT_API_KEY,
+        )
 
 
 def _low(balance: float, **more: Any) -> Callable[[MatrixStack], None]:
