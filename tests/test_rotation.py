@@ -97,6 +97,8 @@ class Harness:
 
     def check_invariants(self) -> None:
         current = self.current()
+        if current.get("api_key") == "REPLACE_ME":
+            return  # the first deploy's placeholder: no Vonage credentials to hold to anything
         AccountClient(
             api_key=current["api_key"],
             api_secret=current["api_secret"],
@@ -454,10 +456,37 @@ def test_every_field_is_carried_over_exactly_a_null_included(harness: Harness) -
     assert (after["note"], after["team"], after["tags"]) == (None, {"owner": "ops", "pager": None}, [1, None])
 
 
-def test_placeholder_is_refused_before_anything_changes(harness: Harness) -> None:
+PLACEHOLDER = '{"api_key": "REPLACE_ME", "api_secret": "REPLACE_ME"}'
+
+
+def test_a_placeholder_is_not_configured_in_every_step_and_vonage_is_never_called(
+    harness: Harness, json_logs: JsonLogs
+) -> None:
+    """A first deploy with rotation on: Secrets Manager rotates (or runs its configuration test on)
+    a secret that still holds the placeholder. Every step passes, says "not configured", and sends
+    nothing to Vonage; the secret still holds the placeholder afterwards."""
+    harness.sm.put_secret_value(SecretId=harness.arn, SecretString=PLACEHOLDER)
+    harness.sim.control("DELETE", "/_sim/requests")
+    harness.rotate()
+    assert json.loads(PLACEHOLDER) == {k: v for k, v in harness.current().items() if k in ("api_key", "api_secret")}
+    assert harness.sim.requests() == []
+    from account_api.observability import metrics
+
+    assert "NotConfigured" in metrics.metric_set  # the harness calls the steps; the handler would flush it
+    steps = [e["step"] for e in json_logs.entries() if "not configured" in e["message"]]
+    assert steps == ["createSecret", "setSecret", "testSecret"]
+    assert all(e["level"] == "WARNING" for e in json_logs.entries() if "not configured" in e["message"])
+
+
+def test_the_configuration_test_passes_on_a_placeholder(harness: Harness) -> None:
+    """Secrets Manager's configuration test (RotateImmediately=false) stages a copy of AWSCURRENT
+    and calls testSecret alone: with the placeholder it passes without calling Vonage."""
+    harness.rotate()  # rotation configured (and one real rotation done)
+    harness.sm.put_secret_value(SecretId=harness.arn, SecretString=PLACEHOLDER)
+    harness.sim.control("DELETE", "/_sim/requests")
+    token = "configuration-test-token-0000000001"
     harness.sm.put_secret_value(
-        SecretId=harness.arn, SecretString='{"api_key": "REPLACE_ME", "api_secret": "REPLACE_ME"}'
+        SecretId=harness.arn, ClientRequestToken=token, SecretString=PLACEHOLDER, VersionStages=["AWSPENDING"]
     )
-    before = harness.sim.account()["secret_ids"]
-    harness.rotate_fails("placeholder")
-    assert harness.sim.account()["secret_ids"] == before
+    harness.invoke({"Step": "testSecret", "SecretId": harness.arn, "ClientRequestToken": token})
+    assert harness.sim.requests() == []

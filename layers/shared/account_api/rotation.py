@@ -97,6 +97,16 @@ def generate_secret(length: int = 25) -> str:
     return "".join(chars)
 
 
+def _not_configured(step: str) -> None:
+    """The secret still holds the first deploy's placeholder: a state to report, not a failure to
+    retry, and nothing to send to Vonage."""
+    logger.warning(
+        "not configured: the Vonage secret still holds the placeholder; nothing to rotate (README, Deploy)",
+        step=step,
+    )
+    metrics.add_metric(name="NotConfigured", unit=MetricUnit.Count, value=1)
+
+
 class Rotator:
     def __init__(self, settings: RotationSettings, sm: Any = None, options: ClientOptions | None = None) -> None:
         self.sm = sm or aws_clients.client("secretsmanager")
@@ -145,12 +155,17 @@ class Rotator:
     def _createSecret(self, arn: str, token: str) -> None:
         current = self._read(arn, stage="AWSCURRENT")
         assert current is not None
-        if current.is_placeholder:
-            raise RotationError(
-                "AWSCURRENT holds the placeholder, not Vonage credentials: put the real ones in first "
-                "(README, Deploy); nothing was created or revoked"
-            )
         pending = self._read(arn, version_id=token)
+        if current.is_placeholder:
+            # Nothing to rotate: the pending version is the placeholder again, so the later steps
+            # (and Secrets Manager's configuration test on a first deploy) pass without Vonage.
+            _not_configured("createSecret")
+            if pending is None:
+                raw = self.sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"]
+                self.sm.put_secret_value(
+                    SecretId=arn, ClientRequestToken=token, SecretString=raw, VersionStages=["AWSPENDING"]
+                )
+            return
         if pending is not None and pending.model_extra and pending.model_extra.get("rotation_token") == token:
             if pending.secret_id and pending.secret_id in self._ids(self._manager(current), current):
                 logger.info("pending secret already created", secret_id=pending.secret_id)
@@ -200,6 +215,9 @@ class Rotator:
     def _setSecret(self, arn: str, token: str) -> None:
         # The secret was created at Vonage in createSecret (its id must be stored with its value).
         current = self._read(arn, stage="AWSCURRENT")
+        if current is not None and current.is_placeholder:
+            _not_configured("setSecret")
+            return
         pending = self._pending(arn, token)
         assert current is not None
         if pending.secret_id not in self._ids(self._manager(current), current):
@@ -211,6 +229,9 @@ class Rotator:
         pending = self._read(arn, version_id=token)
         if pending is None:
             raise RotationError("the AWSPENDING version holds no value: createSecret has not completed")
+        if pending.is_placeholder:
+            _not_configured("testSecret")
+            return
         self._check_authenticates(pending, "AWSPENDING")
         metrics.add_metric(name="RotationTested", unit=MetricUnit.Count, value=1)
 
