@@ -85,10 +85,29 @@ def status(target: Target, args: argparse.Namespace, out: Out) -> int:
     return 0 if balance.ok and switch.ok else 1
 
 
+def _stack_alarms(target: Target) -> list[dict[str, Any]]:
+    """This stack's alarms, from its own resources (a name prefix would also match another stack's,
+    `account-ops-prod-...` for `account-ops`)."""
+    names: list[str] = []
+    pages = target.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=target.name)
+    for page in pages:
+        names += [
+            r["PhysicalResourceId"]
+            for r in page["StackResourceSummaries"]
+            if r["ResourceType"] == "AWS::CloudWatch::Alarm" and r.get("PhysicalResourceId")
+        ]
+    alarms: list[dict[str, Any]] = []
+    cloudwatch = target.client("cloudwatch")
+    for start in range(0, len(names), 100):  # DescribeAlarms takes at most 100 names
+        answer = cloudwatch.describe_alarms(AlarmNames=names[start : start + 100])
+        alarms += answer["MetricAlarms"] + answer.get("CompositeAlarms", [])
+    return alarms
+
+
 def _alarm_summary(target: Target) -> str:
     if target.local:
         return "none on the local stack"
-    alarms = target.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{target.name}-")["MetricAlarms"]
+    alarms = _stack_alarms(target)
     firing = [a["AlarmName"] for a in alarms if a["StateValue"] == "ALARM"]
     return f"{len(alarms)} alarms, {len(firing)} in ALARM" + (f": {', '.join(firing)}" if firing else "")
 
@@ -196,11 +215,24 @@ def smoke(target: Target, args: argparse.Namespace, out: Out) -> int:
     if target.local:
         results.append(("every alarm notifies someone", True, "skipped: the local stack has no alarms"))
     else:
-        alarms = target.client("cloudwatch").describe_alarms(AlarmNamePrefix=f"{target.name}-")["MetricAlarms"]
+        alarms = _stack_alarms(target)
         silent = [a["AlarmName"] for a in alarms if not a.get("AlarmActions")]
         results.append(
             ("every alarm notifies someone", bool(alarms) and not silent, f"{len(alarms)} alarms; silent: {silent}")
         )
+    subscriptions = (
+        target.client("sns")
+        .list_subscriptions_by_topic(TopicArn=target.outputs["AlertTopicArn"])
+        .get("Subscriptions", [])
+    )
+    confirmed = [x for x in subscriptions if str(x.get("SubscriptionArn", "")).startswith("arn:")]
+    results.append(
+        (
+            "the alert topic has a confirmed subscription",
+            bool(confirmed),
+            f"{len(subscriptions)} subscriptions, none confirmed: subscribe (AlertEmail) and confirm the e-mail",
+        )
+    )
     attributes = target.client("sns").get_topic_attributes(TopicArn=target.outputs["AlertTopicArn"])["Attributes"]
     key = attributes.get("KmsMasterKeyId", "")
     results.append(("the alert topic accepts CloudWatch", key != "alias/aws/sns", f"key: {key or 'none'}"))

@@ -16,6 +16,7 @@ import pytest
 
 from account_ops import cli
 from account_ops.target import Target, TargetError
+from local import aws_resources
 from local.stack import LocalStack, StackOptions
 from tests.conftest import ROOT
 
@@ -127,7 +128,7 @@ def test_smoke_checks_every_read_route_the_watcher_and_the_topic(
 ) -> None:
     code, text = run(stack, monkeypatch, "smoke")
     assert code == 0, text
-    assert "10 passed, 0 failed" in text and "[x] the watcher runs once, in dry run" in text
+    assert "11 passed, 0 failed" in text and "[x] the watcher runs once, in dry run" in text
 
 
 def test_without_a_running_local_stack_it_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,3 +151,64 @@ def test_the_console_script_is_installed() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0 and "pause-topups" in done.stdout
+
+
+def test_the_alarms_are_this_stacks_own_not_every_name_with_its_prefix(stack: LocalStack) -> None:
+    """`account-ops` and `account-ops-prod` side by side in CloudWatch: `account-ops` sees its own
+    two alarms, from its stack's resources, not the four its name is a prefix of. moto's
+    CloudFormation has no AWS::CloudWatch::Alarm, so the stack's resource list comes through
+    botocore's Stubber; CloudWatch is moto's."""
+    from botocore.stub import Stubber
+
+    session = boto3.Session(region_name="eu-west-1")
+    cloudwatch = session.client("cloudwatch", endpoint_url=stack.moto_url)
+    for name in ("account-ops-One", "account-ops-Two", "account-ops-prod-One", "account-ops-prod-Two"):
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            Namespace="AccountOps",
+            MetricName="BalanceEUR",
+            Statistic="Minimum",
+            Period=300,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="LessThanThreshold",
+        )
+    cloudformation = session.client("cloudformation")
+    stubber = Stubber(cloudformation)
+    summaries = [
+        {
+            "LogicalResourceId": logical,
+            "PhysicalResourceId": physical,
+            "ResourceType": kind,
+            "ResourceStatus": "CREATE_COMPLETE",
+            "LastUpdatedTimestamp": datetime.now(UTC),
+        }
+        for logical, physical, kind in (
+            ("One", "account-ops-One", "AWS::CloudWatch::Alarm"),
+            ("Two", "account-ops-Two", "AWS::CloudWatch::Alarm"),
+            ("AlertTopic", "arn:aws:sns:eu-west-1:123456789012:AlertTopic", "AWS::SNS::Topic"),
+        )
+    ]
+    stubber.add_response("list_stack_resources", {"StackResourceSummaries": summaries}, {"StackName": "account-ops"})
+
+    class StackTarget(Target):
+        def client(self, service: str) -> object:
+            return cloudformation if service == "cloudformation" else cloudwatch
+
+    with stubber:
+        alarms = cli._stack_alarms(StackTarget("account-ops", "http://unused", "eu-west-1", session, {}, {}))
+    assert sorted(a["AlarmName"] for a in alarms) == ["account-ops-One", "account-ops-Two"]
+
+
+def test_smoke_fails_while_nobody_is_subscribed_to_the_alerts(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sns = boto3.client("sns", endpoint_url=stack.moto_url)
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=stack.resources.topic_arn)["Subscriptions"]
+    for subscription in subscriptions:
+        sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+    try:
+        code, text = run(stack, monkeypatch, "smoke")
+    finally:
+        stack.read_alerts = aws_resources.sqs_messages_of_topic(boto3.Session(), stack.resources.topic_arn)
+    assert code == 1 and "[ ] the alert topic has a confirmed subscription" in text, text
