@@ -21,11 +21,11 @@ export AWS_DEFAULT_REGION ?= eu-west-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help python venv test lint typecheck unit validate build local demo bench bench-quick clean openapi
+.PHONY: help python venv cli-schema test lint typecheck unit validate build local demo bench bench-quick clean openapi
 
 help:
 	@echo "make demo   - the whole system on the local stack (simulator + moto), scripted tour"
-	@echo "make local  - start the local stack and keep it running (Ctrl-C stops it)"
+	@echo "make local  - start the local stack and keep it running (Ctrl-C stops it); other ports: ARGS='--port 3100 --simulator-port 8800 --moto-port 5101 --webhook-port 8801'"
 	@echo "make test   - ruff, mypy, sam validate --lint, pytest (what CI runs)"
 	@echo "make build  - sam build (arm64, Python 3.13, no Docker)"
 	@echo "make bench  - cold start, warm cost, memory and size benchmarks"
@@ -99,10 +99,14 @@ build: $(STAMP_SAM) | python
 		|| { cat .aws-sam/build.log; exit 1; }
 
 local: $(STAMP)
-	$(PY) -m local up
+	$(PY) -m local up $(ARGS)
 
 demo: $(STAMP)
 	$(PY) -m local demo
+
+# The JSON contract of `account-ops --output json` (tests/test_cli.py fails until it is regenerated).
+cli-schema: $(STAMP)
+	$(PY) -c "from account_ops.output import schema; print(schema(), end='')" > docs/cli-output.schema.json
 
 bench: build $(STAMP) $(STAMP_BENCH)
 	@echo "make: benchmarks (cold start against its floor, warm cost, memory, size), written to benchmarks/RESULTS.md"

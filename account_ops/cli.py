@@ -1,31 +1,47 @@
-"""account-ops: check, change and operate a deployed account-ops stack, or the local stack.
-
-    account-ops status                       everything at a glance
-    account-ops settings get | set --mo URL --dr URL
-    account-ops rotate [--wait]              rotate the Vonage secret now, and follow it
-    account-ops history [--days N]           the watcher's decisions
-    account-ops pause-topups [--reason ...] | resume-topups
-    account-ops smoke                        once after `sam deploy`: is everything wired?
-
---stack NAME (default account-ops), --region, --profile; --local for the local stack (make local).
-"""
+"""account-ops: check, change and operate a deployed account-ops stack, or the local stack."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
-from account_ops.target import Target, TargetError, default_state_file
+from botocore import exceptions as boto
 
-Out = Callable[[str], None]
+from account_ops import output as o
+from account_ops.errors import EXIT_CODES_HELP, CliError, Exit, aws_failure, one_line
+from account_ops.target import REPOSITORY, ApiAnswer, Target, default_state_file
+
+
+@dataclass
+class Result:
+    """What a command did: the model (stdout, as a table or JSON), its text lines, and the one line
+    for stderr when the answer was no."""
+
+    model: o.Output
+    lines: list[str]
+    code: Exit = Exit.OK
+    error: str | None = None
+
+
+def _problem(answer: ApiAnswer, what: str) -> str:
+    """One line for an API answer that was not what the command needed."""
+    if answer.ok:
+        return f"{what}: HTTP {answer.status} but the answer is not the JSON the API documents: {answer.body!r}"
+    body = answer.body if isinstance(answer.body, dict) else {}
+    detail = body.get("detail") if body else answer.body
+    return one_line(f"{what}: HTTP {answer.status} {body.get('title', '')}: {detail or ''}".rstrip(": "))
 
 
 def _age(created: str) -> str:
@@ -33,56 +49,106 @@ def _age(created: str) -> str:
     return "today" if days < 1 else f"{days} days old"
 
 
-def _fail(answer: Any, what: str) -> str:
-    body = answer.body if isinstance(answer.body, dict) else {}
-    return f"{what}: HTTP {answer.status} {body.get('title', '')}: {body.get('detail', answer.body)}".rstrip(": ")
-
-
 # -- the commands ------------------------------------------------------------------------------------
 
 
-def status(target: Target, args: argparse.Namespace, out: Out) -> int:
-    out(f"account-ops status: {target.name} ({target.region})")
-    version = target.call("GET", "/version")
-    out(f"  release        {version.body['version'] if version.ok else _fail(version, 'unknown')}")
-    balance = target.call("GET", "/balance")
-    if balance.ok:
-        reload = "on" if balance.body["autoReload"] else "OFF (top-ups would be refused)"
-        out(f"  balance        {balance.body['value']:.2f} {balance.body['currency']}, auto-reload {reload}")
+def status(target: Target, args: argparse.Namespace) -> Result:
+    problems: list[str] = []
+
+    def read(path: str, what: str, query: dict[str, str] | None = None) -> dict[str, Any] | None:
+        answer = target.call("GET", path, query=query)
+        if answer.json_ok:
+            return dict(answer.body)
+        problems.append(_problem(answer, what))
+        return None
+
+    version = read("/version", "release")
+    balance = read("/balance", "balance")
+    switch = read("/topups", "the top-up switch")
+    settings = read("/settings", "callback URLs")
+    secrets = read("/secrets", "secrets")
+    rotation = read("/rotation", "rotation")
+    history = read("/history", "last runs", {"days": "1", "limit": "5"})
+    try:
+        alarms = None if target.local else _alarms(target)
+    except CliError as exc:
+        problems.append(str(exc))
+        alarms = None
+    if switch is None:  # never guess "live" about money
+        topups = o.TopUps(state="unknown")
+    elif switch.get("paused"):
+        topups = o.TopUps(
+            state="paused",
+            changedBy=switch.get("changedBy"),
+            changedAt=switch.get("changedAt"),
+            reason=switch.get("reason"),
+        )
     else:
-        out(f"  balance        {_fail(balance, 'unavailable')}")
-    switch = target.call("GET", "/topups")
-    dry_run = target.parameters.get("DryRun", "?") == "true"
-    if not switch.ok or not isinstance(switch.body, dict):  # never guess "live" about money
-        mode = f"UNKNOWN: {_fail(switch, 'the top-up switch could not be read')}"
-    elif switch.body.get("paused"):
-        b = switch.body
-        mode = f"PAUSED by {b.get('changedBy')} at {b.get('changedAt')}: {b.get('reason') or '-'}"
+        dry = target.parameters.get("DryRun") == "true"
+        topups = o.TopUps(state="dry_run" if dry else "live", changedBy=switch.get("changedBy"))
+    model = o.Status(
+        stack=target.name,
+        region=target.region,
+        release=version.get("version") if version else None,
+        balance=o.Balance(**{k: balance[k] for k in ("value", "currency", "autoReload")}) if balance else None,
+        topups=topups,
+        callbacks={k: settings.get(k) for k in ("moCallbackUrl", "drCallbackUrl")} if settings else None,
+        secrets=[o.Secret(id=s["id"], current=s["current"], createdAt=s["createdAt"]) for s in secrets["secrets"]]
+        if secrets
+        else None,
+        rotation=rotation,
+        lastRuns=[d["outcome"] for d in history["decisions"]] if history else None,
+        alarms=alarms,
+        problems=problems,
+    )
+    unknown = [p for p in (balance, switch) if p is None]
+    return Result(
+        model,
+        _status_lines(model, local=target.local),
+        Exit.FAILED if unknown else Exit.OK,
+        f"{len(problems)} part(s) could not be read: {problems[0]}" if unknown else None,
+    )
+
+
+def _status_lines(s: o.Status, *, local: bool) -> list[str]:
+    def or_unknown(value: str | None) -> str:
+        return value if value is not None else "UNKNOWN (see below)"
+
+    t = s.topups
+    mode = {
+        "live": "live",
+        "dry_run": "dry run (decides and alerts, never tops up)",
+        "paused": f"PAUSED by {t.changedBy} at {t.changedAt}: {t.reason or '-'}",
+        "unknown": "UNKNOWN: the top-up switch could not be read",
+    }[t.state]
+    lines = [f"account-ops status: {s.stack} ({s.region})", f"  release        {or_unknown(s.release)}"]
+    if s.balance:
+        reload = "on" if s.balance.autoReload else "OFF (top-ups would be refused)"
+        lines.append(f"  balance        {s.balance.value:.2f} {s.balance.currency}, auto-reload {reload}")
     else:
-        mode = "dry run (decides and alerts, never tops up)" if dry_run else "live"
-    out(f"  top-ups        {mode}")
-    settings = target.call("GET", "/settings")
-    if settings.ok:
-        out(f"  inbound SMS    {settings.body.get('moCallbackUrl') or '(none)'}")
-        out(f"  receipts       {settings.body.get('drCallbackUrl') or '(none)'}")
-    secrets = target.call("GET", "/secrets")
-    if secrets.ok:
-        for secret in secrets.body["secrets"]:
-            mark = " (current)" if secret["current"] else ""
-            out(f"  secret         {secret['id']}{mark}, {_age(secret['createdAt'])}")
-    rotation = target.call("GET", "/rotation")
-    if rotation.ok:
-        r = rotation.body
-        out(
+        lines.append("  balance        UNKNOWN (see below)")
+    lines.append(f"  top-ups        {mode}")
+    if s.callbacks is not None:
+        lines.append(f"  inbound SMS    {s.callbacks['moCallbackUrl'] or '(none)'}")
+        lines.append(f"  receipts       {s.callbacks['drCallbackUrl'] or '(none)'}")
+    for secret in s.secrets or []:
+        mark = " (current)" if secret.current else ""
+        lines.append(f"  secret         {secret.id}{mark}, {_age(secret.createdAt)}")
+    if s.rotation:
+        r = s.rotation
+        lines.append(
             f"  rotation       {'on' if r['rotationEnabled'] else 'off'}, {r['state'].replace('_', ' ')}; "
             f"last {r.get('lastRotatedAt') or '-'}, next {r.get('nextRotationAt') or '-'}"
         )
-    history = target.call("GET", "/history", query={"days": "1"})
-    if history.ok:
-        decisions = history.body["decisions"][:5]
-        out(f"  last runs      {', '.join(d['outcome'] for d in decisions) or '(none in the last day)'}")
-    out(f"  alarms         {_alarm_summary(target)}")
-    return 0 if balance.ok and switch.ok else 1
+    if s.lastRuns is not None:
+        lines.append(f"  last runs      {', '.join(s.lastRuns) or '(none in the last day)'}")
+    if s.alarms is not None:
+        firing = f": {', '.join(s.alarms.inAlarm)}" if s.alarms.inAlarm else ""
+        lines.append(f"  alarms         {s.alarms.count} alarms, {len(s.alarms.inAlarm)} in ALARM{firing}")
+    elif local:
+        lines.append("  alarms         none on the local stack")
+    lines += [f"  unreadable     {p}" for p in s.problems]
+    return lines
 
 
 def _stack_alarms(target: Target) -> list[dict[str, Any]]:
@@ -104,143 +170,208 @@ def _stack_alarms(target: Target) -> list[dict[str, Any]]:
     return alarms
 
 
-def _alarm_summary(target: Target) -> str:
-    if target.local:
-        return "none on the local stack"
-    alarms = _stack_alarms(target)
-    firing = [a["AlarmName"] for a in alarms if a["StateValue"] == "ALARM"]
-    return f"{len(alarms)} alarms, {len(firing)} in ALARM" + (f": {', '.join(firing)}" if firing else "")
-
-
-def settings_get(target: Target, args: argparse.Namespace, out: Out) -> int:
-    answer = target.call("GET", "/settings")
-    out(json.dumps(answer.body, indent=2) if answer.ok else _fail(answer, "settings"))
-    return 0 if answer.ok else 1
-
-
-def settings_set(target: Target, args: argparse.Namespace, out: Out) -> int:
-    change = {k: v for k, v in (("moCallbackUrl", args.mo), ("drCallbackUrl", args.dr)) if v is not None}
-    if not change:
-        out("give --mo URL, --dr URL or both (an empty string unsets)")
-        return 2
-    answer = target.call("PUT", "/settings", change)
-    checks = (answer.body or {}).get("checks", {}) if isinstance(answer.body, dict) else {}
-    for name, check in checks.items():
-        out(f"  check {name}: {'ok' if check['ok'] else check['reason']} ({check['detail']})")
-    out("changed" if answer.ok else _fail(answer, "not changed"))
-    return 0 if answer.ok else 1
-
-
-def rotate(target: Target, args: argparse.Namespace, out: Out) -> int:
-    started = target.call("POST", "/secrets/rotate")
-    if not started.ok:
-        out(_fail(started, "rotation not started"))
-        return 1
-    version = started.body.get("versionId")
-    out(f"rotation started (version {version})")
-    if not args.wait:
-        return 0
-    deadline, said = time.monotonic() + args.timeout, ""
-    while time.monotonic() < deadline:
-        state = target.call("GET", "/rotation")
-        if not state.ok:
-            out(_fail(state, "cannot read the rotation's state"))
-            return 1
-        s = state.body
-        if s["state"] == "idle":
-            if s["currentVersion"] == version:
-                out(f"done: the new secret is AWSCURRENT (version {version})")
-                return 0
-            out(
-                "failed: the rotation ended without making the new version current (see RotationFailedAlarm and the rotation function's log)"
-            )
-            return 1
-        step = (
-            "new secret created at Vonage, stored as AWSPENDING; testing"
-            if s["pendingSecretCreated"]
-            else "creating the new secret"
-        )
-        if step != said:
-            out(f"  {step}")
-            said = step
-        time.sleep(args.interval)
-    out(
-        f"still in progress after {args.timeout:.0f} s: Secrets Manager keeps retrying; see the rotation function's log"
-    )
-    return 1
-
-
-def history(target: Target, args: argparse.Namespace, out: Out) -> int:
-    answer = target.call("GET", "/history", query={"days": str(args.days)})
-    if not answer.ok:
-        out(_fail(answer, "history"))
-        return 1
-    out(f"{'scheduled time':<22} {'outcome':<26} {'balance':>9}  detail")
-    for d in answer.body["decisions"]:
-        balance = f"{d['balance']:.2f}" if d.get("balance") is not None else "-"
-        out(f"{d['scheduledTime']:<22} {d['outcome']:<26} {balance:>9}  {d.get('detail') or ''}")
-    out(f"{len(answer.body['decisions'])} decisions in the last {args.days} days")
-    return 0
-
-
-def pause(target: Target, args: argparse.Namespace, out: Out) -> int:
-    return _switch(target, {"paused": True, "reason": args.reason}, out)
-
-
-def resume(target: Target, args: argparse.Namespace, out: Out) -> int:
-    return _switch(target, {"paused": False, "reason": args.reason}, out)
-
-
-def _switch(target: Target, change: dict[str, Any], out: Out) -> int:
-    answer = target.call("PUT", "/topups", {k: v for k, v in change.items() if v is not None})
-    if not answer.ok:
-        out(_fail(answer, "not changed"))
-        return 1
-    b = answer.body
-    out(
-        f"top-ups {'paused' if b['paused'] else 'resumed'} by {b['changedBy']} ({b.get('reason') or 'no reason given'}); the watcher honours it at its next run"
-    )
-    return 0
-
-
-def smoke(target: Target, args: argparse.Namespace, out: Out) -> int:
-    """Once after `sam deploy`: every read route answers, the watcher runs (in dry run), every alarm
-    has an action and the alert topic accepts CloudWatch."""
-    results: list[tuple[str, bool, str]] = []
-    for path in ("/version", "/settings", "/balance", "/secrets", "/rotation", "/topups", "/history"):
-        answer = target.call("GET", path)
-        results.append((f"GET {path}", answer.ok, "" if answer.ok else _fail(answer, "")))
-    outcome = _watcher_once(target)
-    results.append(("the watcher runs once, in dry run", outcome[0], outcome[1]))
-    if target.local:
-        results.append(("every alarm notifies someone", True, "skipped: the local stack has no alarms"))
-    else:
+def _alarms(target: Target) -> o.Alarms:
+    try:
         alarms = _stack_alarms(target)
-        silent = [a["AlarmName"] for a in alarms if not a.get("AlarmActions")]
-        results.append(
-            ("every alarm notifies someone", bool(alarms) and not silent, f"{len(alarms)} alarms; silent: {silent}")
+    except (boto.BotoCoreError, boto.ClientError) as exc:
+        raise aws_failure(exc, "alarms") from None
+    return o.Alarms(count=len(alarms), inAlarm=[a["AlarmName"] for a in alarms if a["StateValue"] == "ALARM"])
+
+
+def settings_get(target: Target, args: argparse.Namespace) -> Result:
+    answer = target.call("GET", "/settings")
+    if not answer.json_ok:
+        return Result(o.Settings(), [], Exit.FAILED, _problem(answer, "settings"))
+    model = o.Settings.model_validate(answer.body)
+    return Result(model, json.dumps(answer.body, indent=2).splitlines())
+
+
+def settings_set(target: Target, args: argparse.Namespace) -> Result:
+    change = {k: v for k, v in (("moCallbackUrl", args.mo), ("drCallbackUrl", args.dr)) if v is not None}
+    answer = target.call("PUT", "/settings", change)
+    body = answer.body if isinstance(answer.body, dict) else {}
+    checks = body.get("checks") or {}
+    lines = [
+        f"  check {name}: {'ok' if check.get('ok') else check.get('reason')} ({check.get('detail')})"
+        for name, check in checks.items()
+        if isinstance(check, dict)
+    ]
+    if answer.json_ok:
+        settings = {k: v for k, v in body.items() if k != "checks"}
+        return Result(
+            o.SettingsChange(changed=True, checks=checks, settings=settings, problem=None), [*lines, "changed"]
         )
-    subscriptions = (
-        target.client("sns")
-        .list_subscriptions_by_topic(TopicArn=target.outputs["AlertTopicArn"])
-        .get("Subscriptions", [])
+    return Result(
+        o.SettingsChange(changed=False, checks=checks, settings=None, problem=body or {"detail": answer.body}),
+        lines,
+        Exit.FAILED,
+        _problem(answer, "not changed"),
     )
+
+
+def rotate(target: Target, args: argparse.Namespace, say: Callable[[str], None]) -> Result:
+    started = target.call("POST", "/secrets/rotate")
+    if not started.json_ok:
+        return Result(
+            o.Rotation(state="failed", versionId=None), [], Exit.FAILED, _problem(started, "rotation not started")
+        )
+    version = started.body.get("versionId")
+    first = f"rotation started (version {version})"
+    if not args.wait:
+        return Result(o.Rotation(state="started", versionId=version), [first])
+    follow = "follow it with `account-ops status` (its rotation line) or the rotation function's log"
+    try:
+        say(first)
+        deadline, said = time.monotonic() + args.timeout, ""
+        while time.monotonic() < deadline:
+            state = target.call("GET", "/rotation")
+            if not state.json_ok:
+                return Result(
+                    o.Rotation(state="still_in_progress", versionId=version),
+                    [],
+                    Exit.FAILED,
+                    _problem(state, f"cannot read the rotation's state; it goes on: {follow}"),
+                )
+            s = state.body
+            if s.get("state") == "idle":
+                if s.get("currentVersion") == version:
+                    return Result(
+                        o.Rotation(state="done", versionId=version),
+                        [f"done: the new secret is AWSCURRENT (version {version})"],
+                    )
+                return Result(
+                    o.Rotation(state="failed", versionId=version),
+                    [],
+                    Exit.FAILED,
+                    "failed: the rotation ended without making the new version current "
+                    "(see RotationFailedAlarm and the rotation function's log)",
+                )
+            step = (
+                "new secret created at Vonage, stored as AWSPENDING; testing"
+                if s.get("pendingSecretCreated")
+                else "creating the new secret"
+            )
+            if step != said:
+                say(f"  {step}")
+                said = step
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        raise CliError(
+            Exit.INTERRUPTED,
+            f"interrupted: the rotation (version {version}) goes on in Secrets Manager without this command; {follow}",
+        ) from None
+    return Result(
+        o.Rotation(state="still_in_progress", versionId=version),
+        [],
+        Exit.FAILED,
+        f"still in progress after {args.timeout:g} s: Secrets Manager keeps retrying; {follow}",
+    )
+
+
+def history(target: Target, args: argparse.Namespace) -> Result:
+    decisions: list[dict[str, Any]] = []
+    query = {"days": str(args.days), "limit": "500"}
+    while True:  # every page: nothing cut without saying so
+        answer = target.call("GET", "/history", query=query)
+        if not answer.json_ok or not isinstance(answer.body.get("decisions"), list):
+            return Result(
+                o.History(days=args.days, count=0, decisions=[]), [], Exit.FAILED, _problem(answer, "history")
+            )
+        decisions += answer.body["decisions"]
+        if not answer.body.get("nextCursor"):
+            break
+        query["cursor"] = answer.body["nextCursor"]
+    lines = [f"{'scheduled time':<22} {'outcome':<26} {'balance':>9}  detail"]
+    for d in decisions:
+        balance = f"{d['balance']:.2f}" if isinstance(d.get("balance"), int | float) else "-"
+        lines.append(
+            f"{d.get('scheduledTime', '-'):<22} {d.get('outcome', '-'):<26} {balance:>9}  {d.get('detail') or ''}"
+        )
+    lines.append(f"{len(decisions)} decisions in the last {args.days} days")
+    return Result(o.History(days=args.days, count=len(decisions), decisions=decisions), lines)
+
+
+def pause(target: Target, args: argparse.Namespace) -> Result:
+    return _switch(target, {"paused": True, "reason": args.reason})
+
+
+def resume(target: Target, args: argparse.Namespace) -> Result:
+    return _switch(target, {"paused": False, "reason": args.reason})
+
+
+def _switch(target: Target, change: dict[str, Any]) -> Result:
+    answer = target.call("PUT", "/topups", {k: v for k, v in change.items() if v is not None})
+    if not answer.json_ok:
+        return Result(o.TopUpSwitch(paused=bool(change["paused"])), [], Exit.FAILED, _problem(answer, "not changed"))
+    b = answer.body
+    model = o.TopUpSwitch(
+        paused=bool(b.get("paused")), changedBy=b.get("changedBy"), changedAt=b.get("changedAt"), reason=b.get("reason")
+    )
+    return Result(
+        model,
+        [
+            f"top-ups {'paused' if model.paused else 'resumed'} by {model.changedBy} "
+            f"({model.reason or 'no reason given'}); the watcher honours it at its next run"
+        ],
+    )
+
+
+def smoke(target: Target, args: argparse.Namespace) -> Result:
+    """Once after `sam deploy`: every read route answers, the watcher runs (in dry run), every alarm
+    has an action and the alert topic reaches someone. Each check that cannot run fails, with why."""
+    checks: list[o.Check] = []
+
+    def check(name: str, run: Callable[[], tuple[bool, str]]) -> None:
+        try:
+            ok, detail = run()
+        except CliError as exc:
+            ok, detail = False, str(exc)
+        except (boto.BotoCoreError, boto.ClientError) as exc:
+            ok, detail = False, str(aws_failure(exc, "AWS"))
+        checks.append(o.Check(name=name, ok=ok, detail=detail))
+
+    for path in ("/version", "/settings", "/balance", "/secrets", "/rotation", "/topups", "/history"):
+
+        def route(path: str = path) -> tuple[bool, str]:
+            answer = target.call("GET", path)
+            return answer.json_ok, "" if answer.json_ok else _problem(answer, "")
+
+        check(f"GET {path}", route)
+    check("the watcher runs once, in dry run", lambda: _watcher_once(target))
+    check("every alarm notifies someone", lambda: _alarms_notify(target))
+    check("the alert topic has a confirmed subscription", lambda: _subscribed(target))
+    check("the alert topic accepts CloudWatch", lambda: _topic_accepts_cloudwatch(target))
+    passed = sum(c.ok for c in checks)
+    lines = [f"  [{'x' if c.ok else ' '}] {c.name}{(': ' + c.detail) if c.detail and not c.ok else ''}" for c in checks]
+    lines.append(f"{passed} passed, {len(checks) - passed} failed")
+    failed = [c.name for c in checks if not c.ok]
+    return Result(
+        o.Smoke(passed=passed, failed=len(failed), checks=checks),
+        lines,
+        Exit.FAILED if failed else Exit.OK,
+        f"smoke: {len(failed)} check(s) failed: {', '.join(failed)}" if failed else None,
+    )
+
+
+def _alarms_notify(target: Target) -> tuple[bool, str]:
+    if target.local:
+        return True, "skipped: the local stack has no alarms"
+    alarms = _stack_alarms(target)
+    silent = [a["AlarmName"] for a in alarms if not a.get("AlarmActions")]
+    return bool(alarms) and not silent, f"{len(alarms)} alarms; silent: {silent}"
+
+
+def _subscribed(target: Target) -> tuple[bool, str]:
+    sns = target.client("sns")
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=target.outputs["AlertTopicArn"]).get("Subscriptions", [])
     confirmed = [x for x in subscriptions if str(x.get("SubscriptionArn", "")).startswith("arn:")]
-    results.append(
-        (
-            "the alert topic has a confirmed subscription",
-            bool(confirmed),
-            f"{len(subscriptions)} subscriptions, none confirmed: subscribe (AlertEmail) and confirm the e-mail",
-        )
-    )
+    return bool(confirmed), f"{len(subscriptions)} subscriptions, none confirmed: subscribe (AlertEmail) and confirm"
+
+
+def _topic_accepts_cloudwatch(target: Target) -> tuple[bool, str]:
     attributes = target.client("sns").get_topic_attributes(TopicArn=target.outputs["AlertTopicArn"])["Attributes"]
     key = attributes.get("KmsMasterKeyId", "")
-    results.append(("the alert topic accepts CloudWatch", key != "alias/aws/sns", f"key: {key or 'none'}"))
-    for name, ok, detail in results:
-        out(f"  [{'x' if ok else ' '}] {name}{(': ' + detail) if detail and not ok else ''}")
-    passed = sum(ok for _, ok, _ in results)
-    out(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
+    return key != "alias/aws/sns", f"key: {key or 'none'}"
 
 
 def _watcher_once(target: Target) -> tuple[bool, str]:
@@ -252,75 +383,264 @@ def _watcher_once(target: Target) -> tuple[bool, str]:
     if target.local:  # the local stack's own invoke, in a fresh process
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(event, handle)
-        done = subprocess.run(  # noqa: S603 - our own interpreter and module, with a file we wrote
-            [sys.executable, "-m", "local", "invoke", "balance_watcher", "-e", handle.name],
-            cwd=Path(__file__).resolve().parent.parent,  # the repository, where `local` lives
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        Path(handle.name).unlink()
-        return done.returncode == 0, done.stdout.strip()[-200:] or done.stderr.strip()[-200:]
+        try:
+            done = subprocess.run(  # noqa: S603 - our own interpreter and module, with a file we wrote
+                [sys.executable, "-m", "local", "invoke", "balance_watcher", "-e", handle.name],
+                cwd=REPOSITORY,  # where `local` lives
+                env={**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(target.state_file)},
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=120,
+            )
+        finally:
+            Path(handle.name).unlink()
+        return done.returncode == 0, one_line(done.stdout.strip()[-200:] or done.stderr.strip()[-200:])
     function = target.outputs.get("BalanceWatcherFunctionName")
     if not function:
         return False, "the stack has no BalanceWatcherFunctionName output"
     answer = target.client("lambda").invoke(FunctionName=function, Payload=json.dumps(event).encode())
-    payload = json.loads(answer["Payload"].read() or b"null")
+    raw = answer["Payload"].read() or b"null"
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        payload = raw.decode(errors="replace")
     if answer.get("FunctionError"):
-        return False, str(payload)[:200]
-    return True, f"outcome {payload.get('outcome')}"
+        return False, one_line(payload, 200)
+    outcome = payload.get("outcome") if isinstance(payload, dict) else None
+    return (
+        outcome is not None,
+        f"outcome {outcome}" if outcome else f"no outcome in its answer: {one_line(payload, 200)}",
+    )
 
 
 # -- arguments ---------------------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr (exit 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(Exit.USAGE, f"{message} (see `{self.prog} --help`)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0 (at most 86400)")
+    return value
+
+
+def _days(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 90:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of days from 1 to 90")
+    return int(text)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """The options every command takes, before or after its name (AWS CLI style)."""
+    keep = argparse.SUPPRESS  # unset unless given, so a subcommand's parse never resets the root's
+    group = parser.add_argument_group("where")
+    group.add_argument("--stack", help="the CloudFormation stack (default: account-ops)", default=keep)
+    group.add_argument(
+        "--region", help="the stack's region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile's)", default=keep
+    )
+    group.add_argument("--profile", help="an AWS CLI profile (default: the standard credential chain)", default=keep)
+    group.add_argument(
+        "--config-env",
+        metavar="NAME",
+        help="take --stack and --region from this environment of samconfig.toml (default, prod)",
+        default=keep,
+    )
+    group.add_argument("--local", action="store_true", help="the local stack started by `make local`", default=keep)
+    group.add_argument(
+        "--output", choices=("table", "json"), help="table for people (default), json for scripts", default=keep
+    )
+
+
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (help, description, example)
+    "status": (
+        "balance, top-ups, callbacks, secrets, rotation, last runs, alarms",
+        "Everything at a glance. Exit 1 when the balance or the top-up switch cannot be read: a part "
+        "that could not be read is shown as UNKNOWN, never guessed.",
+        "account-ops status --config-env prod --output json",
+    ),
+    "settings get": (
+        "show the callback URLs",
+        "The account's default inbound-SMS and delivery-receipt callback URLs, as JSON.",
+        "account-ops settings get",
+    ),
+    "settings set": (
+        "check, then change the callback URLs",
+        'Each new URL must answer HTTP 200 before Vonage sees it. "" unsets a URL.',
+        "account-ops settings set --mo https://hooks.example.com/inbound",
+    ),
+    "rotate": (
+        "rotate the Vonage API secret now",
+        "Starts a rotation through Secrets Manager (the rotation function's four steps). With --wait, "
+        "follows it until the new secret is AWSCURRENT; Ctrl-C stops following, not the rotation.",
+        "account-ops rotate --wait --timeout 600",
+    ),
+    "history": (
+        "the watcher's decisions",
+        "Every decision of the balance watcher in the last N days, newest first (every page).",
+        "account-ops history --days 30 --output json | jq '.decisions[] | select(.outcome != \"ok\")'",
+    ),
+    "pause-topups": (
+        "stop top-ups at once (the watcher still alerts)",
+        "Recorded with your IAM identity and reason; the watcher honours it at its next run.",
+        'account-ops pause-topups --reason "card replaced"',
+    ),
+    "resume-topups": (
+        "let the watcher top up again",
+        "Recorded with your IAM identity and reason.",
+        "account-ops resume-topups",
+    ),
+    "smoke": (
+        "once after `sam deploy`: is everything wired?",
+        "Every read route answers, the watcher runs once in dry run, every alarm has an action, and the "
+        "alert topic has a confirmed subscription and accepts CloudWatch. Exit 1 when a check fails.",
+        "account-ops smoke --config-env prod",
+    ),
+}
+
+
+def _command(commands: Any, name: str, run: Callable[..., Result]) -> argparse.ArgumentParser:
+    short, description, example = COMMANDS[name]
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name.rsplit(maxsplit=1)[-1],
+        help=short,
+        description=description,
+        epilog=f"example:\n  {example}\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(parser)
+    parser.set_defaults(run=run, command_name=name)
+    return parser
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="account-ops", description=__doc__.split("\n\n")[0])
-    root.add_argument("--stack", default="account-ops", help="the CloudFormation stack (default: account-ops)")
-    root.add_argument("--region", help="the stack's region (default: the profile's or AWS_REGION)")
-    root.add_argument("--profile", help="an AWS CLI profile (default: the standard credential chain)")
-    root.add_argument("--local", action="store_true", help="the local stack started by `make local`")
-    commands = root.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "status", help="balance, top-ups, callbacks, secrets, rotation, last runs, alarms"
-    ).set_defaults(run=status)
-    settings = commands.add_parser("settings", help="the callback URLs").add_subparsers(dest="action", required=True)
-    settings.add_parser("get", help="show the callback URLs").set_defaults(run=settings_get)
-    change = settings.add_parser("set", help="check, then change the callback URLs")
+    root = Parser(
+        prog="account-ops",
+        description="Check, change and operate a deployed account-ops stack, or the local stack.",
+        epilog=EXIT_CODES_HELP + "\n\nEvery command takes the options above, before or after its name.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    root.add_argument("--version", action="store_true", help="print the CLI's version and exit")
+    _common(root)
+    commands = root.add_subparsers(dest="command", metavar="COMMAND")
+    _command(commands, "status", status)
+    settings = commands.add_parser("settings", help="the callback URLs (get, set)", description="The callback URLs.")
+    _common(settings)
+    actions = settings.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _command(actions, "settings get", settings_get)
+    change = _command(actions, "settings set", settings_set)
     change.add_argument("--mo", help='inbound SMS webhook URL ("" unsets)')
     change.add_argument("--dr", help='delivery receipt webhook URL ("" unsets)')
-    change.set_defaults(run=settings_set)
-    rotation = commands.add_parser("rotate", help="rotate the Vonage API secret now")
+    rotation = _command(commands, "rotate", rotate)
     rotation.add_argument("--wait", action="store_true", help="follow it until the new secret is current")
-    rotation.add_argument("--timeout", type=float, default=300.0, help="seconds to follow it (default 300)")
-    rotation.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
-    rotation.set_defaults(run=rotate)
-    decisions = commands.add_parser("history", help="the watcher's decisions")
-    decisions.add_argument("--days", type=int, default=7, choices=range(1, 91), metavar="N", help="1-90 (default 7)")
-    decisions.set_defaults(run=history)
-    paused = commands.add_parser("pause-topups", help="stop top-ups at once (the watcher still alerts)")
-    paused.add_argument("--reason", help="recorded with your identity")
-    paused.set_defaults(run=pause)
-    resumed = commands.add_parser("resume-topups", help="let the watcher top up again")
-    resumed.add_argument("--reason", help="recorded with your identity")
-    resumed.set_defaults(run=resume)
-    commands.add_parser("smoke", help="once after `sam deploy`: is everything wired?").set_defaults(run=smoke)
+    rotation.add_argument("--timeout", type=_positive, default=300.0, help="seconds to follow it (default 300)")
+    rotation.add_argument("--interval", type=_positive, default=2.0, help=argparse.SUPPRESS)
+    decisions = _command(commands, "history", history)
+    decisions.add_argument("--days", type=_days, default=7, metavar="N", help="1 to 90 (default 7)")
+    _command(commands, "pause-topups", pause).add_argument("--reason", help="recorded with your identity")
+    _command(commands, "resume-topups", resume).add_argument("--reason", help="recorded with your identity")
+    _command(commands, "smoke", smoke)
     return root
 
 
-def main(argv: list[str] | None = None, out: Out = print) -> int:
-    args = parser().parse_args(argv)
+def _samconfig_environment(name: str) -> tuple[str | None, str | None]:
+    """stack_name and region of one samconfig.toml environment (the current folder's, else the
+    repository's): the same names `sam deploy --config-env NAME` uses."""
+    path = next((p for p in (Path.cwd() / "samconfig.toml", REPOSITORY / "samconfig.toml") if p.exists()), None)
+    if path is None:
+        raise CliError(Exit.USAGE, "--config-env: no samconfig.toml here or in the repository")
     try:
-        target = (
-            Target.from_local(default_state_file())
-            if args.local
-            else Target.from_stack(args.stack, args.region, args.profile)
+        config = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(Exit.USAGE, f"--config-env: {path} is not valid TOML ({one_line(exc)})") from None
+    environments = sorted(k for k, v in config.items() if isinstance(v, dict))
+    if name not in environments:
+        raise CliError(
+            Exit.USAGE, f"--config-env: no environment {name!r} in {path} (there: {', '.join(environments)})"
         )
-        return int(args.run(target, args, out))
-    except TargetError as exc:
-        out(f"account-ops: {exc}")
-        return 2
+    merged: dict[str, Any] = {}
+    for command in ("global", "deploy"):  # deploy's own values win, as in SAM
+        merged.update(config[name].get(command, {}).get("parameters", {}))
+    return merged.get("stack_name"), merged.get("region")
+
+
+def _target(args: argparse.Namespace) -> Target:
+    if getattr(args, "local", False):
+        return Target.from_local(default_state_file())
+    stack, region = None, None
+    if getattr(args, "config_env", None):
+        stack, region = _samconfig_environment(args.config_env)
+    return Target.from_stack(
+        getattr(args, "stack", None) or stack or "account-ops",
+        getattr(args, "region", None) or region,
+        getattr(args, "profile", None),
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("account-ops")
+    except metadata.PackageNotFoundError:  # run from the tree without `pip install -e .`
+        return tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["version"]
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+
+    def say(line: str) -> None:  # progress while a command runs: the table's lines only
+        if getattr(args, "output", "table") != "json":
+            print(line, file=out, flush=True)
+
+    args = argparse.Namespace()
+    try:
+        args = parser().parse_args(argv)
+        if args.version:
+            print(f"account-ops {_version()}", file=out)
+            return Exit.OK
+        if not args.command:
+            raise CliError(
+                Exit.USAGE,
+                "give a command: status, settings, rotate, history, pause-topups, "
+                "resume-topups or smoke (see `account-ops --help`)",
+            )
+        if args.command_name == "settings set" and args.mo is None and args.dr is None:
+            raise CliError(Exit.USAGE, 'settings set: give --mo URL, --dr URL or both ("" unsets)')
+        target = _target(args)
+        run: Callable[..., Result] = args.run
+        result = run(target, args, say) if run is rotate else run(target, args)
+        if getattr(args, "output", "table") == "json":
+            print(result.model.model_dump_json(indent=2), file=out, flush=True)
+        else:
+            for line in result.lines:
+                print(line, file=out, flush=True)
+        if result.error:
+            print(f"account-ops: {result.error}", file=err)
+        return int(result.code)
+    except CliError as exc:
+        print(f"account-ops: {exc}", file=err)
+        return int(exc.code)
+    except KeyboardInterrupt:
+        print("account-ops: interrupted", file=err)
+        return Exit.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly; stdout is pointed at /dev/null so that
+        # Python's own flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return Exit.BROKEN_PIPE
+    except Exception as exc:  # a bug of ours: still one line, and a code that says it failed
+        print(f"account-ops: internal error ({type(exc).__name__}: {one_line(exc)}); please report it", file=err)
+        return Exit.FAILED
 
 
 if __name__ == "__main__":

@@ -1,21 +1,29 @@
-"""The operator's CLI, every command against the local stack (the same code paths as against a
-deployed stack, but for finding the API: CloudFormation outputs there, the state file here)."""
+"""The operator's CLI, every command against the local stack, and against "deployed" stacks in
+moto's CloudFormation whose outputs point at the local stack's API (or at a scripted API that
+answers what a broken deployment would). Every failure is one line on stderr with its exit code."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from account_ops import cli
-from account_ops.target import Target, TargetError
+from account_ops import cli, output
+from account_ops.errors import CliError
+from account_ops.target import Target, default_state_file
 from local import aws_resources
 from local.stack import LocalStack, StackOptions
 from tests.conftest import ROOT
@@ -38,10 +46,17 @@ def set_balance(stack: LocalStack, value: float) -> None:
 
 
 def run(stack: LocalStack, monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str]:
+    """The command against the local stack; stdout and stderr together (run_split keeps them apart)."""
+    code, out, err = run_split(stack, monkeypatch, "--local", *argv)
+    return code, out + err
+
+
+def run_split(stack: LocalStack, monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[int, str, str]:
     monkeypatch.setenv("ACCOUNT_OPS_LOCAL_STATE", str(stack.options.state_file))
-    lines: list[str] = []
-    code = cli.main(["--local", *argv], out=lines.append)
-    return code, "\n".join(lines)
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), stdout=out, stderr=err)
+    assert "Traceback" not in out.getvalue() + err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 def test_status_shows_everything_at_a_glance(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,17 +146,6 @@ def test_smoke_checks_every_read_route_the_watcher_and_the_topic(
     assert "11 passed, 0 failed" in text and "[x] the watcher runs once, in dry run" in text
 
 
-def test_without_a_running_local_stack_it_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ACCOUNT_OPS_LOCAL_STATE", str(tmp_path / "none.json"))
-    lines: list[str] = []
-    assert cli.main(["--local", "status"], out=lines.append) == 2
-    assert "start it with `make local`" in lines[0]
-    with pytest.raises(TargetError, match="no region"):
-        monkeypatch.delenv("AWS_REGION", raising=False)
-        monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-        Target.from_stack("account-ops", None, None)
-
-
 def test_the_console_script_is_installed() -> None:
     done = subprocess.run(
         [str(Path(sys.executable).parent / "account-ops"), "--help"],
@@ -212,3 +216,300 @@ def test_smoke_fails_while_nobody_is_subscribed_to_the_alerts(
     finally:
         stack.read_alerts = aws_resources.sqs_messages_of_topic(boto3.Session(), stack.resources.topic_arn)
     assert code == 1 and "[ ] the alert topic has a confirmed subscription" in text, text
+
+
+# -- every failure: one line on stderr, a documented exit code, never a traceback ----------------------
+
+CLEAN_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION")
+
+
+def process(*argv: str, env: dict[str, str] | None = None, cwd: Path = ROOT, **popen: Any) -> Any:
+    """The installed console script in its own process, as an operator's shell runs it."""
+    base = {k: v for k, v in os.environ.items() if k not in CLEAN_AWS_ENV and not k.startswith("AWS_")}
+    base.update({"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull})
+    base["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    base.update(env or {})
+    command = [str(Path(sys.executable).parent / "account-ops"), *argv]
+    if popen:
+        return subprocess.Popen(command, env=base, cwd=cwd, text=True, **popen)
+    return subprocess.run(command, env=base, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def one_error_line(done: Any, code: int, *expected: str) -> None:
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("account-ops: "), done.stderr
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+KEYS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+
+
+def test_an_unknown_profile_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("[profile ops]\nregion = eu-west-1\n")
+    done = process("status", "--profile", "nope", env={"AWS_CONFIG_FILE": str(config)})
+    one_error_line(done, 4, "no profile 'nope'", "profiles there: ops")
+    assert done.stdout == ""
+
+
+def test_no_credentials_says_how_to_get_some() -> None:
+    one_error_line(process("status", "--region", "eu-west-1"), 4, "no AWS credentials found", "aws sso login")
+
+
+def test_no_region_and_an_unknown_region_are_usage_errors() -> None:
+    one_error_line(process("status", env=KEYS), 2, "no region", "--config-env", "AWS_REGION")
+    one_error_line(process("status", "--region", "eu-wst-1", env=KEYS), 2, "unknown region 'eu-wst-1'")
+
+
+def test_no_network_is_exit_5() -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # nothing listens on the discard port
+    one_error_line(process("status", "--region", "eu-west-1", env=env), 5, "AWS did not answer", "network")
+
+
+def test_a_wrong_stack_lists_the_account_ops_stacks_that_exist(stacks: dict[str, str]) -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": stacks["moto"]}
+    one_error_line(
+        process("status", "--stack", "account-ops-staging", "--region", "eu-west-1", env=env),
+        3,
+        "no stack 'account-ops-staging' in eu-west-1",
+        "account-ops stacks there: account-ops-prod, account-ops-stub",
+    )
+    # AWS_REGION, which this botocore does not read itself, is honoured
+    one_error_line(
+        process("status", env={**env, "AWS_REGION": "us-east-2"}), 3, "in us-east-2", "no account-ops stack there"
+    )
+    one_error_line(
+        process("status", "--stack", "not-ours", "--region", "eu-west-1", env=env), 3, "no SettingsApiUrl output"
+    )
+
+
+def test_config_env_takes_the_stack_and_region_from_samconfig(stacks: dict[str, str]) -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": stacks["moto"]}
+    done = process("--config-env", "prod", "status", "--output", "json", env=env)
+    assert done.returncode == 0, done.stderr
+    status = output.Status.model_validate_json(done.stdout)
+    assert (status.stack, status.region, status.topups.state) == ("account-ops-prod", "eu-west-1", "live")
+    one_error_line(
+        process("status", "--config-env", "staging", env=env), 2, "no environment 'staging'", "default, prod"
+    )
+
+
+def test_the_stack_path_reads_the_outputs_and_options_come_after_the_command(stacks: dict[str, str]) -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": stacks["moto"]}
+    done = process("history", "--days", "2", "--stack", "account-ops-prod", "--region", "eu-west-1", env=env)
+    assert done.returncode == 0 and "decisions in the last 2 days" in done.stdout, done.stderr
+
+
+def test_an_api_answer_that_is_not_json_is_unknown_not_a_crash(stacks: dict[str, str]) -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": stacks["moto"]}
+    where = ("--stack", "account-ops-stub", "--region", "eu-west-1")
+    done = process("status", *where, env=env)
+    one_error_line(done, 1, "could not be read", "not the JSON the API documents")
+    assert "balance        UNKNOWN" in done.stdout and "top-ups        UNKNOWN" in done.stdout
+    one_error_line(process("history", *where, env=env), 1, "history: HTTP 200 but the answer is not the JSON")
+    one_error_line(process("settings", "get", *where, env=env), 1, "settings: HTTP 200")
+
+
+def test_smoke_reports_a_watcher_it_cannot_invoke_as_a_failed_check(stacks: dict[str, str]) -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": stacks["moto"]}
+    done = process("smoke", "--stack", "account-ops-prod", "--region", "eu-west-1", env=env)
+    one_error_line(done, 1, "smoke:", "the watcher runs once")
+    assert "[ ] the watcher runs once, in dry run: AWS: ResourceNotFoundException" in done.stdout, done.stdout
+    assert "[x] GET /balance" in done.stdout
+
+
+def test_ctrl_c_while_following_a_rotation_says_it_goes_on(stacks: dict[str, str]) -> None:
+    env = {**KEYS, "AWS_ENDPOINT_URL": stacks["moto"]}
+    running = process(
+        "rotate", "--wait", "--stack", "account-ops-stub", "--region", "eu-west-1", env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert running.stdout.readline().startswith("rotation started (version v-stub)")
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=30)
+    assert running.returncode == 130
+    [line] = err.splitlines()
+    assert "interrupted: the rotation (version v-stub) goes on in Secrets Manager" in line
+    assert "account-ops status" in line
+
+
+def test_a_stale_local_state_file_says_the_stack_is_not_running(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "ALERT_TOPIC_ARN": "arn:aws:sns:eu-west-1:000000000000:alerts",
+        "VONAGE_SECRET_ARN": "arn:aws:secretsmanager:eu-west-1:000000000000:secret:v-AbCdEf",
+    }
+    state.write_text(json.dumps({"env": env, "api_url": "http://127.0.0.1:9/v1"}))
+    done = process("--local", "status", env={"ACCOUNT_OPS_LOCAL_STATE": str(state)})
+    one_error_line(done, 3, f"the local stack in {state} does not answer", "make local")
+    state.write_text("{not json")
+    one_error_line(process("--local", "status", env={"ACCOUNT_OPS_LOCAL_STATE": str(state)}), 3, "delete it")
+    missing = tmp_path / "none.json"
+    one_error_line(process("--local", "status", env={"ACCOUNT_OPS_LOCAL_STATE": str(missing)}), 3, "make local")
+
+
+def test_local_finds_the_repositorys_state_file_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ACCOUNT_OPS_LOCAL_STATE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_state_file() == ROOT / ".local-stack.json"
+    (tmp_path / ".local-stack.json").write_text("{}")
+    assert default_state_file() == tmp_path / ".local-stack.json"
+
+
+def test_a_reader_that_goes_away_ends_it_quietly(stack: LocalStack) -> None:
+    running = process(
+        "--local", "status", env={"ACCOUNT_OPS_LOCAL_STATE": str(stack.options.state_file)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    running.stdout.close()  # `| head -0`: the reader is gone before the first line
+    err = running.stderr.read()
+    assert running.wait(timeout=60) == 141 and err == "", err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["rotate", "--timeout", "-5"], "argument --timeout: '-5': give a number of seconds above 0"),
+        (["history", "--days", "0"], "argument --days: '0': give a whole number of days from 1 to 90"),
+        (["settings", "set"], "settings set: give --mo URL, --dr URL or both"),
+        (["status", "--output", "yaml"], "argument --output: invalid choice: 'yaml'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "give a command"),
+    ],
+)
+def test_usage_mistakes_are_one_line_and_exit_2(argv: list[str], expected: str) -> None:
+    done = process(*argv, "--local")
+    one_error_line(done, 2, expected)
+    assert "1, 2, 3" not in done.stderr  # never the list of 90 allowed values
+
+
+def test_help_lists_the_exit_codes_and_each_command_has_a_description_and_an_example() -> None:
+    done = process("--help")
+    assert done.returncode == 0
+    for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "130 "):
+        assert f"\n  {code}" in done.stdout, code
+    for command in (["status"], ["settings", "get"], ["settings", "set"], ["rotate"], ["history"], ["smoke"]):
+        page = process(*command, "--help").stdout
+        assert "example:\n  account-ops " in page and "exit codes:" in page, command
+        assert cli.COMMANDS[" ".join(command)][1].split(".")[0] in page.replace("\n", " "), command
+    assert process("--version").stdout.strip() == "account-ops 1.1.0"
+
+
+def test_json_output_of_every_command_follows_its_schema(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--output json is the contract with scripts: each command's JSON validates against its model,
+    and the committed schema (docs/cli-output.schema.json) is what the models generate."""
+    assert (ROOT / "docs" / "cli-output.schema.json").read_text() == output.schema(), "run `make cli-schema`"
+    hooks = stack.hooks.url
+    commands: list[list[str]] = [
+        ["status"],
+        ["settings", "get"],
+        ["settings", "set", "--mo", f"{hooks}/ok"],
+        ["rotate"],
+        ["history", "--days", "1"],
+        ["pause-topups", "--reason", "json"],
+        ["resume-topups"],
+        ["smoke"],
+    ]
+    for command in commands:
+        name = " ".join(command[:2]) if command[0] == "settings" else command[0]
+        code, out, err = run_split(stack, monkeypatch, *command, "--local", "--output", "json")
+        assert code == 0, (command, err)
+        output.BY_COMMAND[name].model_validate_json(out)
+        assert out.lstrip().startswith("{") and "account-ops status" not in out
+    code, out, _ = run_split(
+        stack, monkeypatch, "settings", "set", "--dr", f"{hooks}/missing", "--local", "--output", "json"
+    )
+    refused = output.SettingsChange.model_validate_json(out)
+    assert code == 1 and not refused.changed and refused.checks["drCallbackUrl"]["ok"] is False
+
+
+def test_a_second_rotation_while_one_is_in_progress_is_refused_as_by_secrets_manager(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = urllib.request.Request(
+        f"{stack.sim.url}/_sim/faults",
+        data=json.dumps({"operation": "createAPISecret", "status": 500, "times": 1}).encode(),
+        method="POST",
+    )
+    urllib.request.urlopen(fault, timeout=5).close()
+    code, out, err = run_split(stack, monkeypatch, "rotate", "--local")
+    assert code == 1 and "rotation not started" in err, (out, err)
+    code, out, err = run_split(stack, monkeypatch, "rotate", "--local")
+    assert code == 1 and "HTTP 409" in err and "already in progress" in err, err
+    assert stack.retry_rotation()  # as Secrets Manager reattempts it
+    code, out, err = run_split(stack, monkeypatch, "rotate", "--local", "--wait", "--timeout", "30")
+    assert code == 0 and "done" in out, err
+
+
+# -- "deployed" stacks in moto's CloudFormation ---------------------------------------------------------
+
+
+class ScriptedApi(BaseHTTPRequestHandler):
+    """What a broken deployment or a slow rotation answers: a proxy's HTML page for every read, and
+    a rotation that never ends."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/v1/rotation"):
+            state = {"rotationEnabled": True, "state": "in_progress", "pendingSecretCreated": False}
+            self._send(200, json.dumps(state).encode(), "application/json")
+        else:
+            self._send(200, b"<html><body>502 upstream unavailable</body></html>", "text/html")
+
+    def do_POST(self) -> None:
+        self._send(202, b'{"rotation": "started", "versionId": "v-stub"}', "application/json")
+
+
+@pytest.fixture(scope="module")
+def stacks(stack: LocalStack) -> Iterator[dict[str, str]]:
+    """account-ops-prod: outputs pointing at the local stack's API, with a watcher function that does
+    not exist; account-ops-stub: outputs pointing at the scripted API; not-ours: no API output."""
+    scripted = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedApi)
+    threading.Thread(target=scripted.serve_forever, daemon=True).start()
+    cloudformation = boto3.client("cloudformation", endpoint_url=stack.moto_url, region_name="eu-west-1")
+
+    def create(name: str, outputs: dict[str, str]) -> None:
+        template = {
+            "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+            "Outputs": {k: {"Value": v} for k, v in outputs.items()},
+        }
+        cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(template))
+
+    common = {"AlertTopicArn": stack.resources.topic_arn, "BalanceWatcherFunctionName": "no-such-function"}
+    create("account-ops-prod", {"SettingsApiUrl": stack.api_url, **common})
+    create("account-ops-stub", {"SettingsApiUrl": f"http://127.0.0.1:{scripted.server_address[1]}/v1", **common})
+    create("not-ours", {"Something": "else"})
+    yield {"moto": stack.moto_url}
+    scripted.shutdown()
+    for name in ("account-ops-prod", "account-ops-stub", "not-ours"):
+        cloudformation.delete_stack(StackName=name)
+
+
+def test_the_error_lines_never_carry_a_traceback_even_for_our_own_bugs(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(target: Target, args: Any) -> Any:
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(cli, "status", broken)  # a bug of ours, injected: the last-resort line
+    code, _, err = run_split(stack, monkeypatch, "status", "--local")
+    assert code == 1 and err == "account-ops: internal error (RuntimeError: a bug over two lines); please report it\n"
+    with pytest.raises(CliError):
+        cli.Parser(prog="x").parse_args(["--nope"])

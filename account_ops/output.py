@@ -1,0 +1,123 @@
+"""What each command prints with `--output json`: one pydantic model per command.
+
+The shapes are a contract with operators' scripts: `docs/cli-output.schema.json` is generated from
+these models and a test fails when they change without it (`make cli-schema` regenerates it).
+Parts that are settings API answers are passed through as that API documents them
+(docs/settings-api.md), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Balance(Output):
+    value: float
+    currency: str
+    autoReload: bool
+
+
+class TopUps(Output):
+    state: Literal["live", "dry_run", "paused", "unknown"]
+    changedBy: str | None = None
+    changedAt: str | None = None
+    reason: str | None = None
+
+
+class Secret(Output):
+    id: str
+    current: bool
+    createdAt: str
+
+
+class Alarms(Output):
+    count: int
+    inAlarm: list[str]
+
+
+class Status(Output):
+    stack: str
+    region: str
+    release: str | None
+    balance: Balance | None
+    topups: TopUps
+    callbacks: dict[str, str | None] | None
+    secrets: list[Secret] | None
+    rotation: dict[str, Any] | None  # GET /rotation
+    lastRuns: list[str] | None  # outcomes, newest first
+    alarms: Alarms | None  # None on the local stack, or when they could not be read
+    problems: list[str]  # each part that could not be read, and why
+
+
+class SettingsChange(Output):
+    changed: bool
+    checks: dict[str, Any]  # PUT /settings's check results, by field
+    settings: dict[str, Any] | None  # the callback URLs after the change
+    problem: dict[str, Any] | None  # the API's problem answer when not changed
+
+
+class Rotation(Output):
+    state: Literal["started", "done", "failed", "still_in_progress"]
+    versionId: str | None
+
+
+class History(Output):
+    days: int
+    count: int
+    decisions: list[dict[str, Any]]  # GET /history's decisions, newest first, every page
+
+
+class TopUpSwitch(Output):
+    paused: bool
+    changedBy: str | None = None
+    changedAt: str | None = None
+    reason: str | None = None
+
+
+class Check(Output):
+    name: str
+    ok: bool
+    detail: str
+
+
+class Smoke(Output):
+    passed: int
+    failed: int
+    checks: list[Check]
+
+
+class Version(Output):
+    cli: str
+
+
+BY_COMMAND: dict[str, type[Output]] = {
+    "status": Status,
+    "settings get": Output,  # GET /settings, as the API answers it (replaced below)
+    "settings set": SettingsChange,
+    "rotate": Rotation,
+    "history": History,
+    "pause-topups": TopUpSwitch,
+    "resume-topups": TopUpSwitch,
+    "smoke": Smoke,
+}
+
+
+class Settings(Output):
+    model_config = ConfigDict(extra="allow")  # GET /settings's body, whole
+    moCallbackUrl: str | None = None
+    drCallbackUrl: str | None = None
+
+
+BY_COMMAND["settings get"] = Settings
+
+
+def schema() -> str:
+    """The committed contract: every command's JSON Schema, in one document."""
+    return json.dumps({name: model.model_json_schema() for name, model in BY_COMMAND.items()}, indent=2) + "\n"
