@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from local.simulator import DEFAULT_SECRET_ID
 from local.stack import FUNCTIONS, ROOT, STATE_FILE, LocalStack, StackOptions
 
 INVOKE_SNIPPET = """
@@ -27,8 +28,67 @@ print("RESULT " + json.dumps(result))
 """
 
 
+PORT_FLAGS = "ARGS='--port 3100 --simulator-port 8800 --moto-port 5101 --webhook-port 8801'"
+
+
+def _already_running(state_file: Path) -> str | None:
+    """The API URL of a local stack that still answers, per its state file; None when none does
+    (no file, or a stale one left by a stack that was killed)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        api_url = json.loads(state_file.read_text())["api_url"]
+        urllib.request.urlopen(f"{api_url}/version", timeout=2).close()
+    except (OSError, ValueError, KeyError, urllib.error.URLError):
+        return None
+    return str(api_url)
+
+
+def _taken_ports(options: StackOptions) -> list[str]:
+    import socket
+
+    taken = []
+    for what, port in (
+        ("--port, the local API Gateway", options.api_port),
+        ("--simulator-port, the Vonage simulator", options.simulator_port),
+        ("--moto-port, moto's AWS endpoint", options.moto_port),
+        ("--webhook-port, the webhook receivers", options.webhook_port),
+    ):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"{port} ({what})")
+    return taken
+
+
 def up(args: argparse.Namespace) -> int:
-    options = StackOptions(api_port=args.port, tick_seconds=args.tick, topup_lag=args.topup_lag)
+    options = StackOptions(
+        api_port=args.port,
+        simulator_port=args.simulator_port,
+        moto_port=args.moto_port,
+        webhook_port=args.webhook_port,
+        tick_seconds=args.tick,
+        topup_lag=args.topup_lag,
+    )
+    running = _already_running(STATE_FILE)
+    if running:
+        print(
+            f"a local stack is already running (its API: {running}; state file {STATE_FILE}): use it, or stop it"
+            f" with Ctrl-C in its terminal. A second one needs its own ports and state file:"
+            f" ACCOUNT_OPS_LOCAL_STATE=/tmp/second.json make local {PORT_FLAGS}",
+            file=sys.stderr,
+        )
+        return 3
+    taken = _taken_ports(options)
+    if taken:
+        print(
+            f"port(s) taken: {', '.join(taken)}. Free them, or pick other ports for every server,"
+            f" for example: make local {PORT_FLAGS}",
+            file=sys.stderr,
+        )
+        return 3
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
         signal.signal(signum, lambda *_: stop.set())
@@ -62,9 +122,15 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def invoke(args: argparse.Namespace) -> int:
-    if not STATE_FILE.exists():
-        print("no local stack is running: start it with `make local` (in another terminal) first", file=sys.stderr)
+    if not Path(args.event).is_file():
+        print(
+            f"no event file {args.event!r}: the samples are in events/ (docs/local-stack.md lists them)",
+            file=sys.stderr,
+        )
         return 2
+    if _already_running(STATE_FILE) is None:
+        print("no local stack is running: start it with `make local` (in another terminal) first", file=sys.stderr)
+        return 3
     state = json.loads(STATE_FILE.read_text())
     env = {**os.environ, **state["env"]}
     event_file = prepare_event(Path(args.event), args.function, state)
@@ -90,25 +156,30 @@ def invoke(args: argparse.Namespace) -> int:
 
 
 SAMPLE_WEBHOOKS = "http://localhost:8701"  # `make local`'s webhook receivers, as events/ name them
+SAMPLE_SECRET_ID = DEFAULT_SECRET_ID  # the simulator's first secret, as events/settings_get_secret.json names it
 
 
 def prepare_event(path: Path, function: str, state: dict[str, Any]) -> Path:
     """Give a sample event what it needs on this running stack: its webhook URLs point at this
-    stack's receivers, and a rotation event's token is a version of the secret staged AWSPENDING (as
+    stack's receivers, the sample secret id is the current secret's (it is revoked by the second
+    rotation), and a rotation event's token is a version of the secret staged AWSPENDING (as
     Secrets Manager stages it before it invokes the function)."""
+    import boto3
+
+    env = state["env"]
+    sm = boto3.client(
+        "secretsmanager",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
     text = path.read_text().replace(SAMPLE_WEBHOOKS, state.get("webhook_url") or SAMPLE_WEBHOOKS)
+    if SAMPLE_SECRET_ID in text:  # the sample names the first secret; after a rotation, the current one
+        current = json.loads(sm.get_secret_value(SecretId=env["VONAGE_SECRET_ARN"])["SecretString"])
+        text = text.replace(SAMPLE_SECRET_ID, current.get("secret_id") or SAMPLE_SECRET_ID)
     event = json.loads(text)
     if function == "secret_rotation":
-        import boto3
-
-        env = state["env"]
-        sm = boto3.client(
-            "secretsmanager",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            region_name=env["AWS_DEFAULT_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )
         versions = sm.describe_secret(SecretId=event["SecretId"]).get("VersionIdsToStages", {})
         if event["ClientRequestToken"] not in versions:
             current = sm.get_secret_value(SecretId=event["SecretId"], VersionStage="AWSCURRENT")["SecretString"]
@@ -127,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local", description="account-ops on one machine")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the local stack until Ctrl-C")
-    p_up.add_argument("--port", type=int, default=3000, help="local API Gateway port")
+    p_up.add_argument("--port", type=int, default=3000, help="local API Gateway port (default 3000)")
+    p_up.add_argument("--simulator-port", type=int, default=8700, help="Vonage simulator port (default 8700)")
+    p_up.add_argument("--moto-port", type=int, default=5001, help="moto's AWS endpoint port (default 5001)")
+    p_up.add_argument("--webhook-port", type=int, default=8701, help="webhook receivers' port (default 8701)")
     p_up.add_argument("--tick", type=float, default=10.0, help="seconds between balance watcher runs")
     p_up.add_argument("--topup-lag", type=float, default=5.0, help="seconds before a top-up shows in the balance")
     p_up.set_defaults(run=up)

@@ -16,9 +16,14 @@ STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 Invoke = Callable[[dict[str, Any]], Any]
 
 
-def install(functions: dict[str, Invoke]) -> Callable[[], None]:
-    """Route moto Lambda invocations of the given function ARNs to callables; returns an undo."""
+def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False) -> Callable[[], None]:
+    """Route moto Lambda invocations of the given function ARNs to callables; returns an undo.
+
+    With refuse_while_pending, RotateSecret on a secret whose last rotation did not complete (a
+    version still AWSPENDING) is refused, as Secrets Manager refuses it (moto starts another). The
+    local stack turns it on; the rotation tests drive Secrets Manager's retries themselves."""
     from moto.awslambda.models import LambdaBackend
+    from moto.secretsmanager.exceptions import InvalidRequestException
     from moto.secretsmanager.models import SecretsManagerBackend
 
     original_get, original_invoke = LambdaBackend.get_function, LambdaBackend.invoke
@@ -36,6 +41,10 @@ def install(functions: dict[str, Invoke]) -> Callable[[], None]:
         secret: Any = self.secrets[secret_id] if self._is_valid_identifier(secret_id) else None
         if rotation_lambda_arn is None and secret is not None:
             rotation_lambda_arn = getattr(secret, "rotation_lambda_arn", "") or None
+        if refuse_while_pending and secret is not None and rotate_immediately:
+            stages = [v.get("version_stages", []) for v in secret.versions.values()]
+            if any("AWSPENDING" in s and "AWSCURRENT" not in s for s in stages):
+                raise InvalidRequestException("A previous rotation isn't complete. That rotation will be reattempted.")
         return original_rotate(
             self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
         )

@@ -301,7 +301,9 @@ class LocalStack:
 
         rotate = self.handlers["secret_rotation"].lambda_handler
         self._cleanup.append(
-            rotation_trigger.install({ROTATION_ARN: lambda e: rotate(e, LambdaContext("secret_rotation"))})
+            rotation_trigger.install(
+                {ROTATION_ARN: lambda e: rotate(e, LambdaContext("secret_rotation"))}, refuse_while_pending=True
+            )
         )
         # Configure rotation like the template's RotationSchedule, without rotating now.
         session.client("secretsmanager").rotate_secret(
@@ -389,6 +391,24 @@ class LocalStack:
                 self.tick(datetime.fromtimestamp(round(time.time() / period) * period, UTC))
             except Exception as exc:  # an async invocation that failed: Lambda would retry; here, log
                 self.log(f"scheduler: balance watcher failed: {type(exc).__name__}: {exc}")
+            try:
+                self.retry_rotation()
+            except Exception as exc:
+                self.log(f"rotation: the reattempt failed again: {type(exc).__name__}: {exc}")
+
+    def retry_rotation(self) -> bool:
+        """Reattempt a rotation that did not complete, with its token, as Secrets Manager does (until
+        then RotateSecret answers "a previous rotation isn't complete": the API's 409)."""
+        import boto3
+
+        sm = boto3.client("secretsmanager", region_name=REGION)
+        rotate = self.handlers["secret_rotation"].lambda_handler
+        done = rotation_trigger.reattempt(
+            sm, self.resources.secret_arn, lambda e: rotate(e, LambdaContext("secret_rotation"))
+        )
+        if done:
+            self.log("rotation: a rotation that had not completed was reattempted and completed")
+        return done
 
     # -- what runs where -----------------------------------------------------------------------
 

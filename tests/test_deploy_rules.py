@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Callable
 
 import pytest
@@ -316,3 +317,16 @@ def test_the_go_live_steps_follow_config_as_code() -> None:
         assert not re.search(r"--parameter-overrides[^\n`]*(DryRun|EnableRotation)", text), doc
     assert samconfig_parameters("default")["DryRun"] == "true"
     assert samconfig_parameters("default")["EnableRotation"] == "false"
+
+
+def test_samconfig_names_the_region_and_sync_never_fights_deploy() -> None:
+    """Every environment pins its region (sam and `account-ops --config-env` go to the same place),
+    follows logs with `sam logs`, and a `sam sync` of the development stack passes deploy's own
+    parameters: otherwise each would set the other's values back."""
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for env in ("default", "prod"):
+        assert config[env]["global"]["parameters"]["region"], env
+        assert config[env]["logs"]["parameters"]["tail"] is True, env
+    sync = config["default"]["sync"]["parameters"]
+    assert sync["parameter_overrides"] == config["default"]["deploy"]["parameters"]["parameter_overrides"]
+    assert "sync" not in config["prod"]  # a sync skips change sets: never for the live stack
