@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.set_defaults(run=up)
     p_demo = sub.add_parser("demo", help="run the scripted tour and exit 0 only if every step behaved")
     p_demo.set_defaults(run=demo)
-    p_invoke = sub.add_parser("invoke", help="run one handler in a fresh process with an event (like sam local invoke)")
+    p_invoke = sub.add_parser(
+        "invoke", help="run one handler in a fresh process with an event file, against the running local stack"
+    )
     p_invoke.add_argument("function", choices=FUNCTIONS)
     p_invoke.add_argument("-e", "--event", required=True, help="event file, e.g. events/balance_watcher_scheduled.json")
     p_invoke.set_defaults(run=invoke)

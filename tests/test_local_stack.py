@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 
 from local import demo
 from local.stack import LOCAL_IDENTITY, LocalStack, StackOptions, proxy_event
-from tests.conftest import local_invoke
+from tests.conftest import ROOT, local_invoke
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +36,66 @@ def test_the_demo_scenario_passes(stack: LocalStack) -> None:
     assert any("exactly one top-up" in line for line in lines)
 
 
+def local_command(*args: str, state_file: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m local ARGS` in a fresh process, as an operator runs it."""
+    env = {**os.environ, "ACCOUNT_OPS_LOCAL_STATE": str(state_file)}
+    return subprocess.run(
+        [sys.executable, "-m", "local", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_invoke_without_a_running_stack_says_so(tmp_path: Path) -> None:
     completed = local_invoke("balance_watcher", "events/balance_watcher_scheduled.json", tmp_path / "none.json")
+    assert completed.returncode == 3
+    assert "no local stack is running" in completed.stderr and "make local" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_invoke_with_a_stale_state_file_says_none_is_running(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"api_url": "http://127.0.0.1:9", "env": {}}))  # port 9: nothing answers
+    completed = local_invoke("balance_watcher", "events/balance_watcher_scheduled.json", stale)
+    assert (completed.returncode, "Traceback" in completed.stderr) == (3, False)
+    assert "no local stack is running" in completed.stderr
+
+
+def test_invoke_with_a_missing_event_file_says_which(stack: LocalStack) -> None:
+    assert stack.options.state_file is not None
+    completed = local_invoke("balance_watcher", "events/no_such_event.json", stack.options.state_file)
     assert completed.returncode == 2
-    assert "make local" in completed.stderr
+    assert completed.stderr.strip().splitlines() == [
+        "no event file 'events/no_such_event.json': the samples are in events/ (docs/local-stack.md lists them)"
+    ]
+
+
+def test_up_refuses_while_a_stack_runs_and_says_how_to_run_a_second(stack: LocalStack) -> None:
+    assert stack.options.state_file is not None
+    completed = local_command("up", state_file=stack.options.state_file)
+    assert completed.returncode == 3
+    (line,) = completed.stderr.strip().splitlines()
+    assert f"a local stack is already running (its API: {stack.api_url}" in line
+    assert "ACCOUNT_OPS_LOCAL_STATE=" in line
+    for flag in ("--port", "--simulator-port", "--moto-port", "--webhook-port"):
+        assert flag in line, flag
+
+
+def test_up_with_a_port_taken_names_it_and_every_port_flag(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        completed = local_command("up", "--simulator-port", str(taken), state_file=tmp_path / "none.json")
+    assert completed.returncode == 3
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith("port(s) taken: ") and f"{taken} (--simulator-port, the Vonage simulator)" in line
+    for flag in ("--port", "--simulator-port", "--moto-port", "--webhook-port"):
+        assert flag in line.split("for example:")[1], flag
 
 
 def test_local_api_gateway_serves_every_route(stack: LocalStack) -> None:
