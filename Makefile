@@ -29,7 +29,7 @@ help:
 	@echo "make test   - ruff, mypy, sam validate --lint, pytest (what CI runs)"
 	@echo "make build  - sam build (arm64, Python 3.13, no Docker)"
 	@echo "make bench  - cold start, warm cost, memory and size benchmarks"
-	@echo "make venv   - create or refresh .venv from the pinned requirements"
+	@echo "make venv   - create .venv (project, tests, CLI) and .venv-sam (SAM CLI); again only after a requirements file changes"
 
 python:
 	@if [ -z "$(PYTHON)" ]; then echo "error: Python $(PYTHON_VERSION) is required (the Lambda runtime's version); install it (e.g. 'pyenv install $(PYTHON_VERSION)') and run make again" >&2; exit 1; fi

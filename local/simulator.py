@@ -3,7 +3,7 @@
     python -m local.simulator --port 8700
 
 Serves the paths of both API hosts (rest.nexmo.com and api.nexmo.com) from one process on loopback,
-following the spec plus the real API's rules from ARCHITECTURE.md. `/_sim/...` is a control surface
+following the spec plus the real API's rules (docs/vonage-api-facts.md). `/_sim/...` is a control surface
 for tests: state, fault injection and the log of requests received (never credentials).
 """
 

@@ -330,3 +330,20 @@ def test_samconfig_names_the_region_and_sync_never_fights_deploy() -> None:
     sync = config["default"]["sync"]["parameters"]
     assert sync["parameter_overrides"] == config["default"]["deploy"]["parameters"]["parameter_overrides"]
     assert "sync" not in config["prod"]  # a sync skips change sets: never for the live stack
+
+
+def test_the_service_name_parameter_says_what_it_names() -> None:
+    """Its description must name every use and claim none it does not have (it once claimed the
+    metric namespace, which is per stack)."""
+    text = (ROOT / "template.yaml").read_text()
+    description = re.search(r"\n  ServiceName:\n(?:    .*\n)*?    Description: (.*)\n", text)
+    assert description
+    uses = {
+        "log": "POWERTOOLS_SERVICE_NAME: !Ref ServiceName" in text,
+        "secret": "Name: !Sub ${ServiceName}/vonage" in text,
+        "layer": "LayerName: !Sub ${ServiceName}-" in text,
+    }
+    for word, used in uses.items():
+        assert (word in description.group(1)) == used, word
+    namespaced_by_service = re.search(r"Namespace: !Sub [^\n]*\$\{ServiceName\}", text)
+    assert bool(namespaced_by_service) == ("namespace" in description.group(1).lower()), description.group(1)

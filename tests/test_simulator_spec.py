@@ -18,7 +18,7 @@ from tests.conftest import Sim
 # A copy of ../shared/reference/vonage-account-api.yml, kept in the repo so tests run anywhere.
 SPEC_PATH = Path(__file__).resolve().parent / "data" / "vonage-account-api.yml"
 
-# Real API answers the spec does not document (ARCHITECTURE.md, "Facts about the real Account API").
+# Real API answers the spec does not document (docs/vonage-api-facts.md).
 UNDOCUMENTED = {
     ("createAPISecret", 403): "a third secret is refused with 403 (the spec says 400)",
     ("changeAccountSettings", 400): "a callback URL that does not answer 200 is refused",
@@ -44,7 +44,7 @@ def _spec() -> dict[str, Any]:
 
 
 def _resolve(node: Any, spec: dict[str, Any]) -> Any:
-    """Inline $refs, and read the spec's look-alike oneOf lists as anyOf (see ARCHITECTURE.md)."""
+    """Inline $refs, and read the spec's look-alike oneOf lists as anyOf (docs/vonage-api-facts.md)."""
     if isinstance(node, dict):
         if "$ref" in node:
             target: Any = spec

@@ -1,4 +1,4 @@
-"""The safe "does this callback URL answer 200?" check (SSRF-hardened, see ARCHITECTURE.md).
+"""The safe "does this callback URL answer 200?" check (SSRF-hardened, docs/callback-check.md).
 
 The URL is chosen by an API caller and fetched from inside the AWS account, so the check must
 never reach an internal address:

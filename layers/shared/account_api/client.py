@@ -1,6 +1,6 @@
 """A typed client for the eight operations of the Vonage Account API.
 
-Design points (see ARCHITECTURE.md):
+Design points (docs/client.md; the real API's undocumented rules: docs/vonage-api-facts.md):
 - HTTP Basic auth on every operation, so the secret never sits in a URL (nor in access logs).
 - Every call has connect and read timeouts and one overall deadline, retries included.
 - Answers are read under the same deadline, through the last byte, and capped in size (the
