@@ -87,6 +87,7 @@ class Account:
     mo_callback_url: str = ""
     dr_callback_url: str = ""
     payment_refused: bool = False
+    latency: float = 0.0  # seconds before every answer to this account (a fleet's slow one)
 
     def authenticates(self, secret: str) -> bool:
         return any(secrets.compare_digest(s.value, secret) for s in self.secrets)
@@ -103,6 +104,7 @@ class Fault:
     times: int = 1
     skip: int = 0  # let this many matching calls through first
     problem: dict[str, Any] | None = None  # body to send with `status`
+    api_key: str | None = None  # only requests made with this account's key (a fleet's one account)
 
 
 @dataclass
@@ -239,23 +241,29 @@ class SimulatorHandler(BaseHTTPRequestHandler):
     def _operation(self, operation: str, params: dict[str, str], query: str, body: bytes) -> None:
         state = self.server.state
         with state.lock:
+            caller = (self._credentials(query) or ("", ""))[0]
             state.requests.append(
                 {
                     "method": self.command,
                     "path": urllib.parse.urlsplit(self.path).path,
                     "operation": operation,
+                    "api_key": caller,  # the account's identifier, never its secret
                     "time": time.time(),
                 }
             )
             faults = state.faults.get(operation) or []
-            fault = faults[0] if faults else None
+            fault = next((f for f in faults if f.api_key in (None, caller)), None)
             if fault and fault.skip > 0:
                 fault.skip -= 1
                 fault = None
             elif fault:
                 fault.times -= 1
                 if fault.times <= 0:
-                    faults.pop(0)
+                    faults.remove(fault)
+            account = state.accounts.get(caller)
+            latency = account.latency if account else 0.0
+        if latency:
+            time.sleep(latency)
         if fault and not fault.after and self._misbehave(fault):
             return
         status, payload, root, headers = self._handle(operation, params, query, body)
@@ -562,7 +570,7 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 self._send(200, _public_state(state))
             elif path == "/_sim/state":
                 account = state.accounts[data.get("api_key") or next(iter(state.accounts))]
-                for name in ("balance", "auto_reload", "payment_refused", "trx"):
+                for name in ("balance", "auto_reload", "payment_refused", "trx", "latency"):
                     if name in data:
                         setattr(account, name, data[name])
                 for name in ("topup_amount", "topup_lag"):
@@ -583,6 +591,21 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             elif path == "/_sim/callbacks":
                 state.callback_status.update({str(k): int(v) for k, v in data.items()})
                 self._send(200, {"callbacks": state.callback_status})
+            elif path == "/_sim/accounts":
+                # Another account of the fleet: its own key, secret, balance, settings and latency.
+                if data.get("api_key") in state.accounts:
+                    self._send(409, {"error": f"account {data.get('api_key')} exists"})
+                    return
+                account = Account(
+                    api_key=data["api_key"],
+                    secrets=[Secret(str(uuid.uuid4()), data["api_secret"], _now())],
+                    balance=float(data.get("balance", DEFAULT_BALANCE)),
+                    auto_reload=bool(data.get("auto_reload", True)),
+                    trx=str(data.get("trx", DEFAULT_TRX)),
+                    latency=float(data.get("latency", 0.0)),
+                )
+                state.accounts[account.api_key] = account
+                self._send(201, {"api_key": account.api_key, "secret_id": account.secrets[0].id})
             elif path == "/_sim/subaccounts":
                 parent = data.get("parent") or next(iter(state.accounts))
                 sub = Account(
@@ -616,6 +639,7 @@ def _public_state(state: State) -> dict[str, Any]:
                 "parent": a.parent,
                 "mo_callback_url": a.mo_callback_url,
                 "dr_callback_url": a.dr_callback_url,
+                "latency": a.latency,
             }
             for key, a in state.accounts.items()
         },

@@ -114,9 +114,19 @@ class Sim:
     def fault(self, operation: str, **fault: Any) -> None:
         self.control("POST", "/_sim/faults", {"operation": operation, **fault})
 
-    def requests(self, operation: str | None = None) -> list[dict[str, Any]]:
+    def requests(self, operation: str | None = None, api_key: str | None = None) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = self.control("GET", "/_sim/requests")["requests"]
-        return [e for e in entries if operation is None or e["operation"] == operation]
+        return [
+            e
+            for e in entries
+            if (operation is None or e["operation"] == operation) and (api_key is None or e["api_key"] == api_key)
+        ]
+
+    def add_account(self, api_key: str, api_secret: str, **values: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.control(
+            "POST", "/_sim/accounts", {"api_key": api_key, "api_secret": api_secret, **values}
+        )
+        return result
 
     def set(self, **values: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.control("POST", "/_sim/state", values)

@@ -4,6 +4,7 @@ except the real-API behaviours the spec does not document, which are listed here
 from __future__ import annotations
 
 import json
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,36 @@ def test_xml_answers_where_the_spec_lists_xml(sim: Sim) -> None:
 def test_spec_knows_the_operation(operation: str) -> None:
     path, method = PATHS[operation]
     assert _spec()["paths"][path][method]["operationId"].lower() == operation.lower()
+
+
+def test_a_fleet_of_accounts_each_with_its_own_state_faults_and_latency(sim: Sim) -> None:
+    """Fleet tests need one account to fail or be slow alone."""
+    import time
+
+    from account_api.client import AccountClient
+    from account_api.errors import AccountApiError
+
+    sim.add_account("fleet0001", "Fleet-Secret-1", balance=3.0)
+    sim.add_account("fleet0002", "Fleet-Secret-2", balance=40.0, latency=0.3)
+    with pytest.raises(urllib.error.HTTPError) as again:
+        sim.add_account("fleet0001", "Other-Secret-1")
+    assert again.value.code == 409
+    sim.fault("getAccountBalance", status=503, api_key="fleet0001", times=5)
+
+    def client(key: str, secret: str) -> AccountClient:
+        return AccountClient(api_key=key, api_secret=secret, rest_base_url=sim.url, api_base_url=sim.url)
+
+    with pytest.raises(AccountApiError):
+        client("fleet0001", "Fleet-Secret-1").get_account_balance()
+    started = time.monotonic()
+    assert client("fleet0002", "Fleet-Secret-2").get_account_balance().value == 40.0
+    assert time.monotonic() - started >= 0.3
+    assert client(simmod.DEFAULT_API_KEY, simmod.DEFAULT_API_SECRET).get_account_balance().value == 25.0
+    with pytest.raises(AccountApiError):
+        client("fleet0002", "Fleet-Secret-1").get_account_balance()  # one account's secret is not another's
+    assert {e["api_key"] for e in sim.requests("getAccountBalance")} >= {
+        "fleet0001",
+        "fleet0002",
+        simmod.DEFAULT_API_KEY,
+    }
+    assert all("Fleet-Secret" not in json.dumps(e) for e in sim.requests())
