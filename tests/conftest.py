@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import socket
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,3 +286,20 @@ def json_logs() -> Iterator[JsonLogs]:
     previous = handler.setStream(logs.buffer)  # type: ignore[attr-defined]
     yield logs
     handler.setStream(previous)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB applies a conditional write atomically per item; moto checks and writes without a
+    lock, so concurrent tests serialise its item writes to behave like the real service."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("put_item", "update_item", "delete_item", "get_item"):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)

@@ -29,23 +29,6 @@ from tests.conftest import JsonLogs, LambdaContext, Sim, load_event, load_handle
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
-    """DynamoDB applies a conditional write atomically per item; moto checks and writes without a
-    lock, so concurrent tests serialise its item writes to behave like the real service."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in ("put_item", "update_item", "delete_item", "get_item"):
-        original = getattr(DynamoDBBackend, name)
-
-        def locked(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-            with lock:
-                return __original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, locked)
-
-
 class Stack:
     def __init__(
         self, sim: Sim, resources: aws_resources.LocalResources, alerts: Callable[[], list[dict[str, str]]]

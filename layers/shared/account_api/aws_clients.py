@@ -1,4 +1,4 @@
-"""boto3 clients for Secrets Manager, DynamoDB and SNS: created lazily, once per process, shared.
+"""boto3 clients for Secrets Manager, DynamoDB, SNS and SQS: created lazily, once per process, shared.
 
 boto3 comes with the Lambda runtime (the layer does not ship it). Every client has the same
 botocore `Config`: connect and read timeouts, the standard retry mode (throttling, 5xx and
@@ -43,7 +43,7 @@ def attempt_worst_case_seconds() -> float:
 
 
 def client(service: str) -> Any:
-    """The process's client for `service` ("secretsmanager", "dynamodb", "sns")."""
+    """The process's client for `service` ("secretsmanager", "dynamodb", "sns", "sqs")."""
     global _session
     with _lock:
         existing = _clients.get(service)

@@ -85,6 +85,11 @@ class WatcherSettings(BaseModel):
     alert_topic_arn: str = Field(min_length=1)
     history_ttl_days: int = Field(default=90, ge=1, le=3650)
     topup_trx_secret_arn: str | None = None
+    # A fleet account (account_api.fleet): named in its alerts; its balance goes to the log, never
+    # to a metric of its own (a metric per account would cost $0.30 a month each); "off" watches
+    # and alerts but never tops up.
+    account_label: str | None = None
+    topups_off: bool = False
 
     @field_validator("topup_trx_secret_arn")
     @classmethod
@@ -185,10 +190,13 @@ class Decision(BaseModel):
 
 
 class Alerts:
-    def __init__(self, topic_arn: str) -> None:
+    def __init__(self, topic_arn: str, account_label: str | None = None) -> None:
         self.topic_arn = topic_arn
+        self.account_label = account_label  # a fleet account's alerts name it
 
     def send(self, subject: str, message: str) -> None:
+        if self.account_label:
+            subject, message = f"[{self.account_label}] {subject}", f"Account {self.account_label}: {message}"
         # botocore retries a failed Publish: a duplicate alert is acceptable, a lost one is not.
         aws_clients.client("sns").publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)
         logger.info("alert sent", subject=subject)
@@ -268,8 +276,9 @@ class BalanceWatcher:
                     )
                 ],
             )
-        metrics.add_metric(name="BalanceEUR", unit=MetricUnit.NoUnit, value=balance.value)
-        metrics.add_metric(name="AutoReloadEnabled", unit=MetricUnit.Count, value=1 if balance.auto_reload else 0)
+        if self.settings.account_label is None:  # the stack's own account: its alarms read these
+            metrics.add_metric(name="BalanceEUR", unit=MetricUnit.NoUnit, value=balance.value)
+            metrics.add_metric(name="AutoReloadEnabled", unit=MetricUnit.Count, value=1 if balance.auto_reload else 0)
         return self._decide_on(key, run, now, balance, lease)
 
     def _decide_on(self, key: str, run: ScheduledRun, now: float, balance: Balance, lease: Lease) -> Decision:
@@ -293,6 +302,14 @@ class BalanceWatcher:
                 alerts=[recovered] if episode_open else [],
                 end_episode=episode_open,
                 confirm_unknown=lease.last_outcome == Outcome.TOPUP_UNKNOWN,
+            )
+        if self.settings.topups_off:
+            return low(
+                Outcome.LOW_ALERTED,
+                "low",
+                f"Vonage balance low: {value} EUR",
+                f"The balance is {value} EUR, below the threshold of {threshold} EUR. Top-ups are off for this "
+                "account: add credit in the Vonage dashboard.",
             )
         if not balance.auto_reload:
             return low(

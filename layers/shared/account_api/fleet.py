@@ -1,0 +1,188 @@
+"""The fleet's tick: a dispatcher fans one message per account out on SQS; the watcher decides
+each account from its message, one at a time, with that account's settings and credentials.
+
+Exactly-once per account and tick does not come from the queue (SQS delivers at least once, the
+Scheduler may fire a tick twice, a dispatcher that died half-way is retried and sends again): it
+comes from the watcher's run claim, keyed by the account's api_key and the tick's scheduled time
+(account_api.watcher_store). Every message is safe to deliver again; the dispatcher never needs
+to know what it sent before.
+
+The stack's own account (its secret, its parameters, its metrics and alarms) is the fleet's first
+account, `STACK_ACCOUNT` in a message: a stack updated from 1.1.0 keeps its secret, lease,
+history and pause, with nothing to migrate. A registry account is re-read when its message is
+evaluated, so one removed or disabled after dispatch is not evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import aws_clients
+from .balance import Alerts, BalanceWatcher, RunResult, ScheduledRun, WatcherSettings, WatcherStore
+from .credentials import CredentialStore, VonageAccount
+from .observability import logger
+from .registry import FleetAccount, Registry, TopUpMode
+
+STACK_ACCOUNT = "stack"
+SQS_BATCH_LIMIT = 10  # SendMessageBatch takes at most ten entries
+SEND_ATTEMPTS = 3  # entries SQS refused are sent again this many times before the tick fails
+
+
+class DispatchError(Exception):
+    """Some accounts' messages could not be sent: the tick fails, and its retry sends them all again
+    (the accounts already decided answer `duplicate`)."""
+
+
+class TickMessage(BaseModel):
+    """One account's share of one tick."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account: str = Field(min_length=1, max_length=64)  # an api_key, or STACK_ACCOUNT
+    scheduled_time: str = Field(min_length=1)
+    execution_id: str = ""
+    dry_run: bool = False
+
+    def run(self) -> ScheduledRun:
+        return ScheduledRun.from_event(
+            {"scheduledTime": self.scheduled_time, "executionId": self.execution_id, "dryRun": self.dry_run}
+        )
+
+
+class DispatchResult(BaseModel):
+    scheduled_time: str
+    accounts: int  # messages sent: the stack's account and every watched registry account
+
+
+def tick_messages(run: ScheduledRun, accounts: Iterable[FleetAccount]) -> list[TickMessage]:
+    keys = [STACK_ACCOUNT, *(a.api_key for a in accounts if a.watched)]
+    return [
+        TickMessage(account=k, scheduled_time=run.key, execution_id=run.execution_id, dry_run=run.dry_run) for k in keys
+    ]
+
+
+def dispatch(run: ScheduledRun, registry: Registry, queue_url: str) -> DispatchResult:
+    """Send one message per watched account, in batches of ten; entries SQS refuses are sent again.
+    Raises DispatchError when some are still refused, so the whole tick is retried."""
+    messages = tick_messages(run, registry.accounts(watched_only=True))
+    sqs = aws_clients.client("sqs")
+    for start in range(0, len(messages), SQS_BATCH_LIMIT):
+        pending = {str(i): m for i, m in enumerate(messages[start : start + SQS_BATCH_LIMIT])}
+        for _ in range(SEND_ATTEMPTS):
+            answer = sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": i, "MessageBody": m.model_dump_json()} for i, m in pending.items()],
+            )
+            pending = {f["Id"]: pending[f["Id"]] for f in answer.get("Failed", [])}
+            if not pending:
+                break
+        if pending:
+            raise DispatchError(
+                f"{len(pending)} account messages of the tick {run.key} were refused by SQS: the tick is retried"
+            )
+    logger.info("tick dispatched", scheduled_time=run.key, accounts=len(messages))
+    return DispatchResult(scheduled_time=run.key, accounts=len(messages))
+
+
+def account_settings(stack: WatcherSettings, account: FleetAccount) -> WatcherSettings:
+    """The stack's parameters, overridden by what the registry sets for this account. The stack's
+    dry run wins over an account's "live": a stack deployed as a dry run never moves money."""
+    s = account.settings
+    return stack.model_copy(
+        update={
+            "threshold": s.threshold_eur if s.threshold_eur is not None else stack.threshold,
+            "topup_cooldown_minutes": s.topup_cooldown_minutes or stack.topup_cooldown_minutes,
+            "alert_cooldown_minutes": s.alert_cooldown_minutes or stack.alert_cooldown_minutes,
+            "daily_topup_cap": s.daily_topup_cap if s.daily_topup_cap is not None else stack.daily_topup_cap,
+            "dry_run": stack.dry_run or s.topup_mode == TopUpMode.DRY_RUN,
+            "topups_off": s.topup_mode == TopUpMode.OFF,
+            "account_label": account.label,
+            "topup_trx_secret_arn": None,  # the stack's separate trx secret is the stack account's own
+        }
+    )
+
+
+class FleetWatcher:
+    """Evaluates tick messages: the stack's account with the stack's watcher, a registry account
+    with a watcher of its own (its settings, its secret), kept while its registry item is unchanged."""
+
+    def __init__(
+        self,
+        stack_watcher: BalanceWatcher,
+        registry: Registry,
+        vonage_account: Callable[[str], VonageAccount],
+    ) -> None:
+        self.stack_watcher = stack_watcher
+        self.registry = registry
+        self.vonage_account = vonage_account  # secret ARN -> the Account API through that secret
+        self._watchers: dict[str, tuple[int, BalanceWatcher]] = {}
+
+    @classmethod
+    def for_stack(cls, stack_watcher: BalanceWatcher, registry_table: str) -> FleetWatcher:
+        base = stack_watcher.account
+
+        def vonage_account(secret_arn: str) -> VonageAccount:
+            return VonageAccount(
+                CredentialStore(secret_arn),
+                rest_base_url=base.rest_base_url,
+                api_base_url=base.api_base_url,
+                options=base.options,
+            )
+
+        return cls(stack_watcher, Registry(registry_table), vonage_account)
+
+    def evaluate(self, message: TickMessage, now: float | None = None) -> RunResult | None:
+        """The account's decision for the tick; None when it is no longer watched."""
+        run = message.run()
+        if message.account == STACK_ACCOUNT:
+            return self.stack_watcher.run(run, now)
+        account = self.registry.get(message.account)
+        if account is None or not account.watched:
+            logger.info(
+                "account removed or disabled since the tick was dispatched: not evaluated", account=message.account
+            )
+            return None
+        with logger.append_context_keys(account=account.api_key):
+            result = self._watcher(account).run(run, now)
+            logger.info("fleet account decided", outcome=str(result.outcome), balance=result.balance)
+        return result
+
+    def _watcher(self, account: FleetAccount) -> BalanceWatcher:
+        cached = self._watchers.get(account.api_key)
+        if cached is not None and cached[0] == account.version:
+            return cached[1]
+        settings = account_settings(self.stack_watcher.settings, account)
+        watcher = BalanceWatcher(
+            settings,
+            self.vonage_account(account.secret_arn),
+            WatcherStore(settings),
+            Alerts(settings.alert_topic_arn, account.label),
+        )
+        self._watchers[account.api_key] = (account.version, watcher)
+        return watcher
+
+    def process_sqs_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        """An SQS batch with partial failures: a record that fails (wrong credentials, Vonage 5xx, a
+        deadline) is reported alone and comes back after the visibility timeout, then goes to the
+        dead-letter queue; the other records of the batch are done."""
+        processor = BatchProcessor(event_type=EventType.SQS)
+
+        def record_handler(record: Any) -> dict[str, Any] | None:
+            try:
+                message = TickMessage.model_validate(json.loads(record.body))
+            except (ValueError, ValidationError):
+                # not ours: failing it would only send it round again until the dead-letter queue
+                logger.error("a queue message that is not a tick message was dropped", message_id=record.message_id)
+                return None
+            result = self.evaluate(message)
+            return result.model_dump(mode="json") if result else None
+
+        answer = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+        return dict(answer)  # {"batchItemFailures": [{"itemIdentifier": ...}]}: what Lambda reads

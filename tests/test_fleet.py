@@ -1,0 +1,356 @@
+"""The fleet's tick, against the simulator (many accounts, each with its own faults and latency)
+and moto (the registry table, SQS, Secrets Manager, the watcher's tables): each account decided
+exactly once per tick, one account's failure never failing another's, and no second top-up,
+whatever is delivered twice or dies half-way."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from account_api import ClientOptions, VonageAccount
+from account_api.balance import Alerts, BalanceWatcher, Outcome, ScheduledRun, WatcherSettings, WatcherStore
+from account_api.credentials import CredentialStore
+from account_api.fleet import STACK_ACCOUNT, DispatchError, FleetWatcher, TickMessage, account_settings, dispatch
+from account_api.observability import metrics
+from account_api.registry import AccountSettings, FleetAccount, Registry, RegistryError, TopUpMode
+from local import aws_resources
+from local import simulator as simmod
+from tests.conftest import JsonLogs, LambdaContext, Sim, vonage_secret_value
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+REGISTRY_TABLE = "AccountsTable"
+
+
+def tick(minutes: float = 0) -> ScheduledRun:
+    return ScheduledRun(scheduled_time=T0 + timedelta(minutes=minutes), execution_id=f"tick-{minutes}")
+
+
+class Fleet:
+    """The stack's account plus registry accounts, a queue, and a poller that hands SQS batches to
+    the watcher as Lambda's event source mapping does (deleting what succeeded)."""
+
+    def __init__(self, sim: Sim, resources: aws_resources.LocalResources) -> None:
+        self.sim = sim
+        self.resources = resources
+        self.sqs = boto3.client("sqs")
+        self.queue_url = self.sqs.create_queue(QueueName="fleet", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+        ddb = boto3.client("dynamodb")
+        ddb.create_table(
+            TableName=REGISTRY_TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "api_key", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "api_key", "KeyType": "HASH"}],
+        )
+        self.registry = Registry(REGISTRY_TABLE)
+        self.settings = WatcherSettings.from_environment(
+            {
+                "BALANCE_THRESHOLD_EUR": "10",
+                "STATE_TABLE": resources.tables["WatcherStateTable"],
+                "HISTORY_TABLE": resources.tables["TopUpHistoryTable"],
+                "ALERT_TOPIC_ARN": resources.topic_arn,
+            }
+        )
+        options = ClientOptions(read_timeout=1.0, total_deadline=3.0, backoff_base=0.01)
+        stack_account = VonageAccount(
+            CredentialStore(resources.secret_arn), rest_base_url=sim.url, api_base_url=sim.url, options=options
+        )
+        stack_watcher = BalanceWatcher(
+            self.settings, stack_account, WatcherStore(self.settings), Alerts(self.settings.alert_topic_arn)
+        )
+        self.watcher = FleetWatcher.for_stack(stack_watcher, REGISTRY_TABLE)
+
+    def add(self, key: str, balance: float = 25.0, settings: AccountSettings | None = None, **sim: Any) -> FleetAccount:
+        secret = f"Fleet-{key}-Secret1"
+        self.sim.add_account(key, secret, balance=balance, **sim)
+        arn = boto3.client("secretsmanager").create_secret(
+            Name=f"account-ops/accounts/{key}",
+            SecretString=vonage_secret_value(api_key=key, api_secret=secret, topup_trx=simmod.DEFAULT_TRX),
+        )["ARN"]
+        return self.registry.add(key, arn, settings or AccountSettings(name=f"customer {key}"))
+
+    def receive(self) -> list[dict[str, Any]]:
+        """Every message waiting, as SQS event records (up to ten a batch, as the mapping takes them)."""
+        records = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not got:
+                return records
+            for m in got:
+                records.append(
+                    {
+                        "messageId": m["MessageId"],
+                        "receiptHandle": m["ReceiptHandle"],
+                        "body": m["Body"],
+                        "attributes": {"ApproximateReceiveCount": "1"},
+                        "messageAttributes": {},
+                        "eventSource": "aws:sqs",
+                        "eventSourceARN": "arn:aws:sqs:eu-west-1:000000000000:fleet",
+                        "awsRegion": "eu-west-1",
+                    }
+                )
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+    def process(self, records: list[dict[str, Any]]) -> list[str]:
+        """Batches of ten, as the event source mapping sends them; the failed message ids."""
+        failed = []
+        for start in range(0, len(records), 10):
+            answer = self.watcher.process_sqs_batch({"Records": records[start : start + 10]}, LambdaContext("watcher"))
+            failed += [f["itemIdentifier"] for f in answer["batchItemFailures"]]
+        return failed
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        items = boto3.client("dynamodb").scan(TableName=self.resources.tables["TopUpHistoryTable"])["Items"]
+        return [{k: next(iter(v.values())) for k, v in i.items()} for i in items if i["account"]["S"] == key]
+
+    def topups(self, key: str) -> int:
+        return len(self.sim.requests("topUpAccountBalance", api_key=key))
+
+    def balance_reads(self, key: str) -> int:
+        return len(self.sim.requests("getAccountBalance", api_key=key))
+
+
+@pytest.fixture
+def fleet(aws: None, sim: Sim, atomic_dynamodb: None) -> Iterator[Fleet]:
+    resources = aws_resources.create_resources(boto3.Session(), vonage_secret_value())
+    yield Fleet(sim, resources)
+
+
+def message_accounts(records: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.loads(r["body"])["account"] for r in records)
+
+
+# -- the tick ---------------------------------------------------------------------------------------
+
+
+def test_one_tick_decides_every_account_once_and_a_failing_one_fails_alone(fleet: Fleet) -> None:
+    fleet.add("good0001")
+    fleet.add("low00002", balance=3.0)
+    fleet.add("slow0003", latency=0.3)
+    fleet.add("wrong004")
+    fleet.sim.control("POST", "/_sim/state", {"api_key": "wrong004", "balance": 1.0})
+    boto3.client("secretsmanager").put_secret_value(  # the operator's typo: Vonage answers 401
+        SecretId="account-ops/accounts/wrong004",
+        SecretString=vonage_secret_value(api_key="wrong004", api_secret="Not-The-Secret9", topup_trx="x"),
+    )
+    fleet.add("fail0005")
+    fleet.sim.fault("getAccountBalance", status=503, api_key="fail0005", times=20)
+
+    assert dispatch(tick(), fleet.registry, fleet.queue_url).accounts == 6
+    records = fleet.receive()
+    assert message_accounts(records) == sorted(
+        [STACK_ACCOUNT, "good0001", "low00002", "slow0003", "wrong004", "fail0005"]
+    )
+    failed = fleet.process(records)
+
+    by_id = {r["messageId"]: json.loads(r["body"])["account"] for r in records}
+    assert sorted(by_id[i] for i in failed) == ["fail0005", "wrong004"]
+    for key, outcome in (("good0001", "ok"), ("low00002", "topup_succeeded"), ("slow0003", "ok")):
+        assert [r["outcome"] for r in fleet.history(key)] == [outcome], key
+    assert fleet.topups("low00002") == 1
+    assert fleet.topups("wrong004") == 0 and fleet.history("wrong004") == []
+    assert [r["outcome"] for r in fleet.history(simmod.DEFAULT_API_KEY)] == ["ok"]
+
+
+def test_a_tick_and_its_messages_delivered_twice_decide_each_account_once(fleet: Fleet) -> None:
+    fleet.add("low00001", balance=3.0)
+    fleet.add("good0002")
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    dispatch(tick(), fleet.registry, fleet.queue_url)  # the Scheduler fired the tick twice
+    records = fleet.receive()
+    assert len(records) == 6
+    assert fleet.process(records + records) == []  # and SQS delivered every message twice more
+    assert fleet.topups("low00001") == 1
+    for key in ("low00001", "good0002", simmod.DEFAULT_API_KEY):
+        assert len(fleet.history(key)) == 1, key
+        assert fleet.balance_reads(key) == 1, key
+
+
+def test_concurrent_deliveries_of_one_message_send_one_top_up(fleet: Fleet) -> None:
+    fleet.add("low00001", balance=3.0)
+    message = TickMessage(account="low00001", scheduled_time=tick().key)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        result = fleet.watcher.evaluate(message)
+        outcomes.append(str(result.outcome) if result else "none")
+
+    threads = [threading.Thread(target=deliver) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fleet.topups("low00001") == 1
+    assert outcomes.count("duplicate") == 9
+
+
+def test_a_dispatcher_that_dies_half_way_is_retried_and_no_account_is_decided_twice(fleet: Fleet) -> None:
+    for i in range(24):
+        fleet.add(f"acct{i:04d}", balance=3.0 if i % 5 == 0 else 25.0)
+    sqs = boto3.client("sqs")
+    from account_api import aws_clients
+
+    calls = {"n": 0}
+
+    def die_on_the_second_batch(**_: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("the dispatcher's process died here")
+
+    aws_clients.client("sqs").meta.events.register("before-send.sqs.SendMessageBatch", die_on_the_second_batch)
+    with pytest.raises(RuntimeError):
+        dispatch(tick(), fleet.registry, fleet.queue_url)
+    first = fleet.receive()
+    assert len(first) == 10  # the first batch went out
+    assert fleet.process(first) == []
+    dispatch(tick(), fleet.registry, fleet.queue_url)  # the Scheduler's retry sends the whole tick again
+    second = fleet.receive()
+    assert len(second) == 25
+    assert fleet.process(second) == []
+    for i in range(24):
+        key = f"acct{i:04d}"
+        assert len(fleet.history(key)) == 1, key
+        assert fleet.topups(key) == (1 if i % 5 == 0 else 0), key
+    assert (
+        sqs.get_queue_attributes(QueueUrl=fleet.queue_url, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]["ApproximateNumberOfMessages"]
+        == "0"
+    )
+
+
+def test_entries_sqs_refuses_are_sent_again_and_a_tick_that_cannot_be_sent_fails(fleet: Fleet) -> None:
+    fleet.add("acct0001")
+    from account_api import aws_clients
+
+    refusals = {"left": 1}
+
+    def refuse_one_entry(parsed: dict[str, Any], **_: Any) -> None:
+        if refusals["left"] > 0 and parsed.get("Successful"):
+            refusals["left"] -= 1
+            refused = parsed["Successful"].pop()
+            parsed.setdefault("Failed", []).append(
+                {"Id": refused["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+            )
+
+    aws_clients.client("sqs").meta.events.register("after-call.sqs.SendMessageBatch", refuse_one_entry)
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    assert len(fleet.receive()) >= 2  # both accounts arrive (the refused entry, sent again)
+    refusals["left"] = 100
+    with pytest.raises(DispatchError, match="the tick is retried"):
+        dispatch(tick(1), fleet.registry, fleet.queue_url)
+
+
+def test_an_account_removed_after_dispatch_is_not_evaluated(fleet: Fleet) -> None:
+    fleet.add("gone0001", balance=3.0)
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    fleet.registry.remove("gone0001")
+    assert fleet.process(fleet.receive()) == []
+    assert fleet.balance_reads("gone0001") == 0 and fleet.topups("gone0001") == 0
+    dispatch(tick(1), fleet.registry, fleet.queue_url)
+    assert message_accounts(fleet.receive()) == [STACK_ACCOUNT]  # and no longer dispatched
+
+
+def test_a_message_that_is_not_a_tick_is_dropped_not_sent_round(fleet: Fleet) -> None:
+    record = {
+        "messageId": "m1",
+        "receiptHandle": "r",
+        "body": '{"hello": 1}',
+        "attributes": {},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:eu-west-1:000000000000:fleet",
+        "awsRegion": "eu-west-1",
+    }
+    assert fleet.process([record]) == []
+    assert fleet.sim.requests() == []
+
+
+# -- per-account settings, alerts and metrics -------------------------------------------------------
+
+
+def test_each_account_runs_with_its_own_settings_and_its_alerts_name_it(fleet: Fleet, json_logs: JsonLogs) -> None:
+    read_alerts = aws_resources.sqs_messages_of_topic(boto3.Session(), fleet.resources.topic_arn)
+    fleet.add("off00001", balance=3.0, settings=AccountSettings(name="Acme", topup_mode=TopUpMode.OFF))
+    fleet.add("dry00002", balance=3.0, settings=AccountSettings(topup_mode=TopUpMode.DRY_RUN))
+    fleet.add("high0003", balance=30.0, settings=AccountSettings(threshold_eur=50))
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    metrics.clear_metrics()
+    assert fleet.process(fleet.receive()) == []
+    assert [r["outcome"] for r in fleet.history("off00001")] == [Outcome.LOW_ALERTED]
+    assert [r["outcome"] for r in fleet.history("dry00002")] == [Outcome.DRY_RUN]
+    assert fleet.history("high0003")[0]["outcome"] in (Outcome.TOPUP_SUCCEEDED, Outcome.TOPUP_UNKNOWN)
+    assert fleet.topups("off00001") == fleet.topups("dry00002") == 0 and fleet.topups("high0003") == 1
+    subjects = [a["subject"] for a in read_alerts()]
+    assert any(s.startswith("[Acme (off00001)] Vonage balance low") for s in subjects), subjects
+    assert any(s.startswith("[dry00002] [dry run]") for s in subjects), subjects
+    # one BalanceEUR value, the stack's account's (its alarms read it); a fleet account's balance is
+    # in its log line, never in a metric of its own; the outcome counts add up across accounts
+    assert metrics.metric_set["BalanceEUR"]["Value"] == [simmod.DEFAULT_BALANCE]
+    assert metrics.metric_set["BalanceOk"]["Value"] == [1.0]
+    assert len(metrics.metric_set["LowBalanceAlerted"]["Value"]) == 1
+    assert all(set(d) <= {"service"} for d in [metrics.dimension_set]), metrics.dimension_set
+    decided = {e.get("account"): e for e in json_logs.entries() if e["message"] == "fleet account decided"}
+    assert decided["off00001"]["balance"] == 3.0 and decided["off00001"]["outcome"] == "low_alerted"
+    assert "Fleet-off00001-Secret1" not in json_logs.text
+    metrics.clear_metrics()
+
+
+def test_the_stacks_dry_run_wins_over_an_accounts_live_mode(fleet: Fleet) -> None:
+    account = FleetAccount(api_key="abcd1234", secret_arn="arn", settings=AccountSettings(topup_mode=TopUpMode.LIVE))
+    assert account_settings(fleet.settings.model_copy(update={"dry_run": True}), account).dry_run is True
+    assert account_settings(fleet.settings, account).dry_run is False
+    assert account_settings(fleet.settings, account).threshold == fleet.settings.threshold
+
+
+# -- the registry -----------------------------------------------------------------------------------
+
+
+def test_the_registry_refuses_lost_updates_and_recognises_its_own_retries(fleet: Fleet) -> None:
+    registry = fleet.registry
+    added = registry.add("abcd0001", "arn:one", AccountSettings(name="one"))
+    assert registry.add("abcd0001", "arn:one", AccountSettings(name="one")) == added  # a retried add
+    with pytest.raises(RegistryError) as exists:
+        registry.add("abcd0001", "arn:other", AccountSettings())
+    assert exists.value.kind == "exists"
+    changed = registry.update("abcd0001", AccountSettings(name="one", threshold_eur=20), expected_version=1)
+    assert changed.version == 2
+    assert registry.update("abcd0001", AccountSettings(name="one", threshold_eur=20), expected_version=1) == changed
+    with pytest.raises(RegistryError) as stale:
+        registry.update("abcd0001", AccountSettings(name="two"), expected_version=1)
+    assert stale.value.kind == "conflict"
+    removed = registry.remove("abcd0001")
+    assert removed.removed_at and registry.remove("abcd0001") == removed
+    assert [a.api_key for a in registry.accounts()] == ["abcd0001"]  # kept, so its history stays explained
+    assert registry.accounts(watched_only=True) == []
+    with pytest.raises(RegistryError) as gone:
+        registry.update("abcd0001", AccountSettings())
+    assert gone.value.kind == "not_found"
+    back = registry.add("abcd0001", "arn:one", AccountSettings(name="back"))
+    assert back.watched and back.version == removed.version + 1
+
+
+def test_the_registry_says_which_item_it_cannot_read(fleet: Fleet) -> None:
+    boto3.client("dynamodb").put_item(
+        TableName=REGISTRY_TABLE, Item={"api_key": {"S": "bad00001"}, "settings": {"S": '{"threshold_eur": -1}'}}
+    )
+    with pytest.raises(RegistryError, match="bad00001") as invalid:
+        fleet.registry.accounts()
+    assert invalid.value.kind == "invalid"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"threshold_eur": 0}, {"daily_topup_cap": 51}, {"name": "a\nb"}, {"topup_mode": "sometimes"}, {"unknown": 1}],
+)
+def test_account_settings_are_validated(settings: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        AccountSettings.model_validate(settings)
