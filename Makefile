@@ -21,7 +21,7 @@ export AWS_DEFAULT_REGION ?= eu-west-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help python venv cli-schema test lint typecheck unit validate build local demo bench bench-quick clean openapi
+.PHONY: help python venv cli-schema test lint typecheck unit validate build local demo bench bench-quick bench-fleet clean openapi
 
 help:
 	@echo "make demo   - the whole system on the local stack (simulator + moto), scripted tour"
@@ -29,6 +29,7 @@ help:
 	@echo "make test   - ruff, mypy, sam validate --lint, pytest (what CI runs)"
 	@echo "make build  - sam build (arm64, Python 3.13, no Docker)"
 	@echo "make bench  - cold start, warm cost, memory and size benchmarks"
+	@echo "make bench-fleet - whole fleet ticks for 10, 100 and 1,000 accounts (benchmarks/FLEET.md, a plot)"
 	@echo "make venv   - create .venv (project, tests, CLI) and .venv-sam (SAM CLI); again only after a requirements file changes"
 
 python:
@@ -115,6 +116,13 @@ bench: build $(STAMP) $(STAMP_BENCH)
 bench-quick: build $(STAMP) $(STAMP_BENCH)
 	@echo "make: benchmarks, quick (two repetitions, printed, never pass/fail on a timing)"
 	@$(PY) benchmarks/run.py --quick
+	@echo "make: the fleet tick, quick (10 accounts, printed; fails only if an account is not decided exactly once)"
+	@$(PY) benchmarks/fleet.py --quick
+
+bench-fleet: $(STAMP)
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -r requirements-plot.txt
+	@echo "make: fleet ticks for 10, 100 and 1,000 accounts (a few minutes), written to benchmarks/FLEET.md"
+	@$(PY) benchmarks/fleet.py
 
 clean:
 	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache .hypothesis benchmarks/.work *.egg-info

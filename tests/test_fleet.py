@@ -354,3 +354,54 @@ def test_account_settings_are_validated(settings: dict[str, Any]) -> None:
 
     with pytest.raises(ValidationError):
         AccountSettings.model_validate(settings)
+
+
+# -- the local event source mapping ----------------------------------------------------------------
+
+
+def test_the_poller_bounds_concurrency_and_leaves_failed_messages_for_the_dead_letter_queue(aws: None) -> None:
+    from local.fleet_poller import FleetPoller
+
+    sqs = boto3.client("sqs")
+    dead = sqs.create_queue(QueueName="fleet-dead")["QueueUrl"]
+    dead_arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue = sqs.create_queue(
+        QueueName="fleet-poll",
+        Attributes={
+            "VisibilityTimeout": "1",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": "2"}),
+        },
+    )["QueueUrl"]
+    for start in range(0, 40, 10):
+        sqs.send_message_batch(
+            QueueUrl=queue, Entries=[{"Id": str(i), "MessageBody": f"m{start + i}"} for i in range(10)]
+        )
+    lock, in_flight, peak, seen = threading.Lock(), [0], [0], []
+
+    def handler(event: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        import time
+
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+            seen.extend(r["body"] for r in event["Records"])
+        failures = [{"itemIdentifier": r["messageId"]} for r in event["Records"] if r["body"] == "m7"]
+        return {"batchItemFailures": failures}
+
+    import time
+
+    poller = FleetPoller(sqs, queue, handler, concurrency=3)
+    stats = poller.drain()
+    assert peak[0] <= 3 and stats.peak_in_flight <= 3
+    assert sorted(seen, key=lambda b: int(b[1:])) == [f"m{i}" for i in range(40)] and stats.failed == 1
+    for _ in range(2):  # after its visibility timeout the failed one comes back, fails again, then leaves
+        time.sleep(1.2)
+        poller.drain()
+    assert seen.count("m7") == 2 and len(seen) == 41
+    moved = sqs.receive_message(QueueUrl=dead, MaxNumberOfMessages=10).get("Messages", [])
+    assert [m["Body"] for m in moved] == ["m7"]
+    with pytest.raises(ValueError):
+        FleetPoller(sqs, queue, handler, concurrency=0)
