@@ -343,6 +343,16 @@ def test_the_registry_says_which_item_it_cannot_read(fleet: Fleet) -> None:
     with pytest.raises(RegistryError, match="bad00001") as invalid:
         fleet.registry.accounts()
     assert invalid.value.kind == "invalid"
+    # and one bad item never costs the other accounts their tick
+    fleet.add("good0001")
+    boto3.client("dynamodb").update_item(
+        TableName=REGISTRY_TABLE,
+        Key={"api_key": {"S": "bad00001"}},
+        UpdateExpression="SET watched = :t",
+        ExpressionAttributeValues={":t": {"BOOL": True}},
+    )
+    assert dispatch(tick(), fleet.registry, fleet.queue_url).accounts == 2
+    assert message_accounts(fleet.receive()) == sorted([STACK_ACCOUNT, "good0001"])
 
 
 @pytest.mark.parametrize(

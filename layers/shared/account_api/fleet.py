@@ -69,7 +69,7 @@ def tick_messages(run: ScheduledRun, accounts: Iterable[FleetAccount]) -> list[T
 def dispatch(run: ScheduledRun, registry: Registry, queue_url: str) -> DispatchResult:
     """Send one message per watched account, in batches of ten; entries SQS refuses are sent again.
     Raises DispatchError when some are still refused, so the whole tick is retried."""
-    messages = tick_messages(run, registry.accounts(watched_only=True))
+    messages = tick_messages(run, registry.watched_for_tick())
     sqs = aws_clients.client("sqs")
     for start in range(0, len(messages), SQS_BATCH_LIMIT):
         pending = {str(i): m for i, m in enumerate(messages[start : start + SQS_BATCH_LIMIT])}

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import aws_clients
+from .observability import logger
 
 API_KEY_PATTERN = r"^[A-Za-z0-9]{4,32}$"  # Vonage keys are 8 hex characters; room for the future
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
@@ -87,13 +88,12 @@ def _now() -> str:
 
 
 def _to_item(account: FleetAccount) -> dict[str, Any]:
-    settings = account.settings.model_dump(mode="json", exclude_none=True)
     item: dict[str, Any] = {
         "api_key": {"S": account.api_key},
         "secret_arn": {"S": account.secret_arn},
         "version": {"N": str(account.version)},
         "created_at": {"S": account.created_at},
-        "settings": {"S": AccountSettings.model_validate(settings).model_dump_json(exclude_none=True)},
+        "settings": {"S": account.settings.model_dump_json(exclude_none=True)},
         "watched": {"BOOL": account.watched},
     }
     if account.removed_at:
@@ -131,14 +131,26 @@ class Registry:
         return _from_item(item) if item else None
 
     def accounts(self, *, watched_only: bool = False) -> list[FleetAccount]:
-        """Every account, or the watched ones, by api_key; consistent, every page."""
+        """Every account, or the watched ones, by api_key; consistent, every page. An item it
+        cannot read is an error that names it."""
+        return sorted((_from_item(item) for item in self._items(watched_only)), key=lambda a: a.api_key)
+
+    def watched_for_tick(self) -> list[FleetAccount]:
+        """The watched accounts a tick decides. An unreadable item is logged and left out: one bad
+        item must not cost every other account its tick."""
+        found = []
+        for item in self._items(watched_only=True):
+            try:
+                found.append(_from_item(item))
+            except RegistryError as exc:
+                logger.error("a registry item could not be read: that account is not evaluated", reason=exc.message)
+        return sorted(found, key=lambda a: a.api_key)
+
+    def _items(self, watched_only: bool) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
         if watched_only:
             kwargs |= {"FilterExpression": "watched = :t", "ExpressionAttributeValues": {":t": {"BOOL": True}}}
-        found: list[FleetAccount] = []
-        for page in self.ddb.get_paginator("scan").paginate(**kwargs):
-            found.extend(_from_item(item) for item in page.get("Items", []))
-        return sorted(found, key=lambda a: a.api_key)
+        return [item for page in self.ddb.get_paginator("scan").paginate(**kwargs) for item in page.get("Items", [])]
 
     def add(self, api_key: str, secret_arn: str, settings: AccountSettings) -> FleetAccount:
         """A new account, or one removed before coming back (its history is kept under the key)."""
