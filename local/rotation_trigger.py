@@ -9,11 +9,22 @@ module lets it call a Python callable instead, in-process, for the local stack a
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
 STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 Invoke = Callable[[dict[str, Any]], Any]
+
+# Secrets whose RotateSecret is running its steps right now: a reattempt leaves them alone (it would
+# run the same token's steps beside them), and never waits for them (the local stack's threads).
+_rotating: set[str] = set()
+_rotating_lock = threading.Lock()
+
+
+def rotating(secret_arn: str) -> bool:
+    with _rotating_lock:
+        return secret_arn in _rotating
 
 
 def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False) -> Callable[[], None]:
@@ -45,9 +56,16 @@ def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False)
             stages = [v.get("version_stages", []) for v in secret.versions.values()]
             if any("AWSPENDING" in s and "AWSCURRENT" not in s for s in stages):
                 raise InvalidRequestException("A previous rotation isn't complete. That rotation will be reattempted.")
-        return original_rotate(
-            self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
-        )
+        key = secret.arn if secret is not None else secret_id
+        with _rotating_lock:
+            _rotating.add(key)
+        try:
+            return original_rotate(
+                self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
+            )
+        finally:
+            with _rotating_lock:
+                _rotating.discard(key)
 
     def get_function(self: Any, name: str, qualifier: str | None = None) -> Any:
         return name if name in functions else original_get(self, name, qualifier)
@@ -97,7 +115,10 @@ def pending_token(sm: Any, secret_id: str) -> str | None:
 
 
 def reattempt(sm: Any, secret_id: str, invoke: Invoke) -> bool:
-    """Run the four steps again for the rotation left pending; False when none is pending."""
+    """Run the four steps again for the rotation left pending; False when none is pending, or when
+    the pending one is still running (a RotateSecret in progress, not a failed one)."""
+    if rotating(secret_id):
+        return False
     token = pending_token(sm, secret_id)
     if token is None:
         return False
