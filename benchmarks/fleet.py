@@ -93,7 +93,7 @@ def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
     from account_api import ClientOptions, VonageAccount, aws_clients
     from account_api.balance import Alerts, BalanceWatcher, ScheduledRun, WatcherSettings, WatcherStore
     from account_api.credentials import CredentialStore
-    from account_api.fleet import FleetWatcher, dispatch
+    from account_api.fleet import FleetSettings, Tick, dispatch
     from account_api.registry import AccountSettings, Registry
     from local import aws_resources
     from local import simulator as simmod
@@ -113,13 +113,7 @@ def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
         )
         resources = aws_resources.create_resources(session, secret)
         ddb, sqs, sm = session.client("dynamodb"), session.client("sqs"), session.client("secretsmanager")
-        ddb.create_table(
-            TableName="AccountsTable",
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "api_key", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "api_key", "KeyType": "HASH"}],
-        )
-        queue_url = sqs.create_queue(QueueName="fleet", Attributes={"VisibilityTimeout": "120"})["QueueUrl"]
+        queue_url = resources.queues["FleetQueue"]  # and AccountsTable: both as the template declares them
         registry = Registry("AccountsTable")
         control(servers.sim_url, "/_sim/state", {"latency": LATENCY, "fetch_callbacks": False})
         low = set()
@@ -157,7 +151,9 @@ def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
         stack_watcher = BalanceWatcher(
             settings, stack_account, WatcherStore(settings), Alerts(settings.alert_topic_arn)
         )
-        fleet = FleetWatcher.for_stack(stack_watcher, "AccountsTable")
+        runner = Tick(stack_watcher, FleetSettings(accounts_table="AccountsTable", queue_url=queue_url))
+        assert runner.fleet_watcher is not None
+        fleet = runner.fleet_watcher
 
         aws_calls: Counter[str] = Counter()
         for service in ("dynamodb", "sqs", "secretsmanager", "sns"):
@@ -190,7 +186,8 @@ def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
         tick = ScheduledRun.from_event({"scheduledTime": "2026-12-01T09:00:00Z", "executionId": "bench"})
         tracemalloc.start()
         started = time.perf_counter()
-        dispatched = dispatch(tick, registry, queue_url)
+        # the scheduled run: every registry account's message, then the stack's account decided
+        dispatched = runner.scheduled({"scheduledTime": tick.key, "executionId": "bench"})["fleet_dispatched"]
         dispatch_seconds = time.perf_counter() - started
         dispatcher_peak = tracemalloc.get_traced_memory()[1]
         dispatch_sqs_seconds = spent["sqs_dispatch"]
@@ -238,7 +235,7 @@ def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
             "watcher_batch_peak_mib": round(watcher_peak / 2**20, 2),
             "peak_in_flight": stats.peak_in_flight,
             "failed": stats.failed,
-            "messages": dispatched.accounts,
+            "messages": dispatched,
             "decided_once": len(decided) == evaluated and set(decided.values()) == {1},
             "topped_up_once": set(topped) == low and set(topped.values()) <= {1},
             "busy_s_per_account": round(drain_seconds * concurrency / evaluated, 3),

@@ -4,7 +4,7 @@ so local runs and tests use the key schemas and TTL settings that a deployment g
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class LocalResources:
     tables: dict[str, str]  # logical id -> table name
     topic_arn: str
     secret_arn: str
+    queues: dict[str, str] = field(default_factory=dict)  # logical id -> queue URL
 
 
 def create_resources(session: Any, secret_string: str, template: dict[str, Any] | None = None) -> LocalResources:
@@ -56,7 +57,38 @@ def create_resources(session: Any, secret_string: str, template: dict[str, Any] 
     topic_arn = sns.create_topic(Name=topic_id)["TopicArn"]
     resources_of_type(template, "AWS::SecretsManager::Secret")  # exactly one, named as the template names it
     secret_arn = session.client("secretsmanager").create_secret(Name=SECRET_NAME, SecretString=secret_string)["ARN"]
-    return LocalResources(tables=tables, topic_arn=topic_arn, secret_arn=secret_arn)
+    queues = create_queues(session, template)
+    return LocalResources(tables=tables, topic_arn=topic_arn, secret_arn=secret_arn, queues=queues)
+
+
+def create_queues(
+    session: Any, template: dict[str, Any] | None = None, *, visibility_timeout: int | None = None
+) -> dict[str, str]:
+    """Every SQS queue the template declares, dead-letter queues first, with its redrive policy:
+    logical id -> URL. `visibility_timeout` shortens the template's for local runs and tests."""
+    template = template or load_template()
+    sqs = session.client("sqs")
+    declared = resources_of_type(template, "AWS::SQS::Queue")
+    urls: dict[str, str] = {}
+    arns: dict[str, str] = {}
+    for logical_id in sorted(declared, key=lambda q: "RedrivePolicy" in declared[q].get("Properties", {})):
+        props = declared[logical_id].get("Properties", {})
+        attributes = {
+            name: str(props[name]) for name in ("VisibilityTimeout", "MessageRetentionPeriod") if name in props
+        }
+        if visibility_timeout is not None:
+            attributes["VisibilityTimeout"] = str(visibility_timeout)
+        redrive = props.get("RedrivePolicy")
+        if redrive:
+            target = redrive["deadLetterTargetArn"]["GetAtt"].split(".")[0]
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": arns[target], "maxReceiveCount": str(redrive["maxReceiveCount"])}
+            )
+        urls[logical_id] = sqs.create_queue(QueueName=logical_id, Attributes=attributes)["QueueUrl"]
+        arns[logical_id] = sqs.get_queue_attributes(QueueUrl=urls[logical_id], AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+    return urls
 
 
 def create_tables(session: Any, template: dict[str, Any] | None = None) -> dict[str, str]:

@@ -157,8 +157,11 @@ def invoke_permissions(d: Deployment) -> list[str]:
             problems.append(f"{name} has no SourceArn condition: any {props.get('Principal')} resource may invoke")
     for name, schedule in d.of_type("AWS::SecretsManager::RotationSchedule").items():
         target = refs(schedule["Properties"].get("RotationLambdaARN"))
-        needed = {
-            p for p, r in d.of_type("AWS::Lambda::Permission").items() if refs(r["Properties"]["FunctionName"]) & target
+        secret = refs(schedule["Properties"].get("SecretId"))
+        needed = {  # the permission for this schedule's secret (the fleet's secrets have their own)
+            p
+            for p, r in d.of_type("AWS::Lambda::Permission").items()
+            if refs(r["Properties"]["FunctionName"]) & target and refs(r["Properties"].get("SourceArn")) & secret
         }
         depends = schedule.get("DependsOn", [])
         if not needed or not needed <= set([depends] if isinstance(depends, str) else depends):
@@ -201,17 +204,27 @@ def names_two_stacks_share(d: Deployment) -> list[str]:
 
 def alarms_reach_the_runbook(d: Deployment) -> list[str]:
     """An alarm's description arrives in operators' e-mail: it points at the runbook, which
-    explains that alarm; a dead-letter alarm fires on each new failure, not once until drained."""
+    explains that alarm. A dead-letter alarm fires on each new failure (NumberOfMessagesSent), not
+    once until drained; except on a queue that a redrive policy feeds: SQS does not count the
+    messages its redrive moves in NumberOfMessagesSent, so that alarm would never fire, and it
+    watches the messages waiting there instead."""
     problems = []
     runbook = (ROOT / "docs" / "runbook.md").read_text()
+    redrive_targets = {
+        json.dumps(q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).split('"')[3]
+        for q in d.of_type("AWS::SQS::Queue").values()
+        if "RedrivePolicy" in q.get("Properties", {})
+    }
     for name, alarm in d.of_type("AWS::CloudWatch::Alarm").items():
         props = alarm["Properties"]
         if "docs/runbook.md" not in json.dumps(props.get("AlarmDescription", "")) or f"`{name}`" not in runbook:
             problems.append(f"{name} does not point at a runbook entry")
-        if props.get("Namespace") == "AWS/SQS" and props.get("MetricName") != "NumberOfMessagesSent":
-            problems.append(
-                f"{name} watches {props.get('MetricName')}: it stays in ALARM until someone drains the queue"
-            )
+        if props.get("Namespace") != "AWS/SQS":
+            continue
+        queue = json.dumps(props.get("Dimensions", [{}])[0].get("Value")).split('"')[3]
+        wanted = "ApproximateNumberOfMessagesVisible" if queue in redrive_targets else "NumberOfMessagesSent"
+        if props.get("MetricName") != wanted:
+            problems.append(f"{name} watches {props.get('MetricName')} of {queue}: it needs {wanted}")
     return problems
 
 
@@ -255,6 +268,48 @@ def small_things(d: Deployment) -> list[str]:
     return problems
 
 
+def fleet_fan_out(d: Deployment) -> list[str]:
+    """The fleet's queue as Lambda's event source mapping needs it: partial batch responses (one
+    account's failure never fails the batch), a concurrency bound that fits a reservation, a
+    visibility timeout of at least six times the function's timeout (else a message comes back
+    while it is still being decided), and a redrive to a dead-letter queue. The rotation function
+    may be invoked by Secrets Manager for the secrets the settings API creates, under that prefix."""
+    problems = []
+    queues = d.of_type("AWS::SQS::Queue")
+    functions = d.of_type("AWS::Lambda::Function")
+    for name, mapping in d.of_type("AWS::Lambda::EventSourceMapping").items():
+        props = mapping["Properties"]
+        [queue] = refs(props["EventSourceArn"]) & set(queues)
+        [function] = refs(props["FunctionName"]) & set(functions)
+        if "ReportBatchItemFailures" not in (props.get("FunctionResponseTypes") or []):
+            problems.append(f"{name}: no partial batch responses, one failing account fails its whole batch")
+        bound = d.value((props.get("ScalingConfig") or {}).get("MaximumConcurrency"))
+        if bound is None:
+            problems.append(f"{name}: no MaximumConcurrency, the fleet's tick is not bounded")
+        reserved = d.value(functions[function]["Properties"].get("ReservedConcurrentExecutions"))
+        if str(reserved).isdigit() and bound is not None and int(bound) >= int(reserved):
+            problems.append(f"{name}: MaximumConcurrency {bound} leaves no room in a reservation of {reserved}")
+        timeout = int(d.value(functions[function]["Properties"].get("Timeout", 3)))
+        visibility = int(d.value(queues[queue]["Properties"].get("VisibilityTimeout", 30)))
+        if visibility < 6 * timeout:
+            problems.append(f"{queue}: visibility timeout {visibility} s is under six times {function}'s {timeout} s")
+        if "RedrivePolicy" not in queues[queue]["Properties"]:
+            problems.append(f"{queue}: no dead-letter queue, a message that always fails is retried for ever")
+    settings = functions.get("SettingsApiFunction", {}).get("Properties", {})
+    prefix = (settings.get("Environment") or {}).get("Variables", {}).get("ACCOUNT_SECRET_PREFIX")
+    if prefix is not None:
+        found = re.search(r"\$\{ServiceName\}(/[^\"]*)", json.dumps(prefix))
+        wanted = (found.group(1) if found else json.dumps(prefix)) + "*"  # "/accounts/*"
+        sources = [
+            json.dumps(p["Properties"].get("SourceArn"))
+            for p in d.of_type("AWS::Lambda::Permission").values()
+            if "SecretRotationFunction" in refs(p["Properties"]["FunctionName"])
+        ]
+        if not any(wanted in s for s in sources):
+            problems.append(f"Secrets Manager may not invoke the rotation for secrets under {wanted}")
+    return problems
+
+
 RULES: list[Callable[[Deployment], list[str]]] = [
     reserved_concurrency,
     access_logs_without_the_account_role,
@@ -269,6 +324,7 @@ RULES: list[Callable[[Deployment], list[str]]] = [
     names_two_stacks_share,
     alarms_reach_the_runbook,
     secret_arn_parameters,
+    fleet_fan_out,
 ]
 # Every deployment we document: the defaults, both samconfig environments, each access-log mode,
 # every watch interval.
@@ -291,7 +347,13 @@ def test_the_template_keeps_the_rule(rule: Callable[[Deployment], list[str]], de
 
 # Rules for failures that template did not have: tests/test_template_mutations.py breaks the
 # current template on purpose for each of them instead.
-NEWER_THAN_THE_REVIEW = {invoke_permissions, names_two_stacks_share, alarms_reach_the_runbook, secret_arn_parameters}
+NEWER_THAN_THE_REVIEW = {
+    invoke_permissions,
+    names_two_stacks_share,
+    alarms_reach_the_runbook,
+    secret_arn_parameters,
+    fleet_fan_out,
+}
 OLDER_RULES = [r for r in RULES if r not in NEWER_THAN_THE_REVIEW]
 
 

@@ -17,7 +17,7 @@ import pytest
 from account_api import ClientOptions, VonageAccount
 from account_api.balance import Alerts, BalanceWatcher, Outcome, ScheduledRun, WatcherSettings, WatcherStore
 from account_api.credentials import CredentialStore
-from account_api.fleet import STACK_ACCOUNT, DispatchError, FleetWatcher, TickMessage, account_settings, dispatch
+from account_api.fleet import DispatchError, FleetSettings, Tick, TickMessage, account_settings, dispatch
 from account_api.observability import metrics
 from account_api.registry import AccountSettings, FleetAccount, Registry, RegistryError, TopUpMode
 from local import aws_resources
@@ -41,13 +41,7 @@ class Fleet:
         self.resources = resources
         self.sqs = boto3.client("sqs")
         self.queue_url = self.sqs.create_queue(QueueName="fleet", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
-        ddb = boto3.client("dynamodb")
-        ddb.create_table(
-            TableName=REGISTRY_TABLE,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "api_key", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "api_key", "KeyType": "HASH"}],
-        )
+        assert resources.tables["AccountsTable"] == REGISTRY_TABLE  # as the template declares it
         self.registry = Registry(REGISTRY_TABLE)
         self.settings = WatcherSettings.from_environment(
             {
@@ -64,7 +58,13 @@ class Fleet:
         stack_watcher = BalanceWatcher(
             self.settings, stack_account, WatcherStore(self.settings), Alerts(self.settings.alert_topic_arn)
         )
-        self.watcher = FleetWatcher.for_stack(stack_watcher, REGISTRY_TABLE)
+        self.tick = Tick(stack_watcher, FleetSettings(accounts_table=REGISTRY_TABLE, queue_url=self.queue_url))
+        assert self.tick.fleet_watcher is not None
+        self.watcher = self.tick.fleet_watcher
+
+    def scheduled(self, run: ScheduledRun) -> dict[str, Any]:
+        """The watcher function's scheduled run: the fleet's messages sent, the stack's account decided."""
+        return self.tick.scheduled({"scheduledTime": run.key, "executionId": run.execution_id})
 
     def add(self, key: str, balance: float = 25.0, settings: AccountSettings | None = None, **sim: Any) -> FleetAccount:
         secret = f"Fleet-{key}-Secret1"
@@ -142,11 +142,10 @@ def test_one_tick_decides_every_account_once_and_a_failing_one_fails_alone(fleet
     fleet.add("fail0005")
     fleet.sim.fault("getAccountBalance", status=503, api_key="fail0005", times=20)
 
-    assert dispatch(tick(), fleet.registry, fleet.queue_url).accounts == 6
+    answer = fleet.scheduled(tick())
+    assert answer["fleet_dispatched"] == 5 and answer["outcome"] == "ok"  # and the stack's account decided
     records = fleet.receive()
-    assert message_accounts(records) == sorted(
-        [STACK_ACCOUNT, "good0001", "low00002", "slow0003", "wrong004", "fail0005"]
-    )
+    assert message_accounts(records) == sorted(["good0001", "low00002", "slow0003", "wrong004", "fail0005"])
     failed = fleet.process(records)
 
     by_id = {r["messageId"]: json.loads(r["body"])["account"] for r in records}
@@ -161,10 +160,10 @@ def test_one_tick_decides_every_account_once_and_a_failing_one_fails_alone(fleet
 def test_a_tick_and_its_messages_delivered_twice_decide_each_account_once(fleet: Fleet) -> None:
     fleet.add("low00001", balance=3.0)
     fleet.add("good0002")
-    dispatch(tick(), fleet.registry, fleet.queue_url)
-    dispatch(tick(), fleet.registry, fleet.queue_url)  # the Scheduler fired the tick twice
+    fleet.scheduled(tick())
+    assert fleet.scheduled(tick())["outcome"] == "duplicate"  # the Scheduler fired the tick twice
     records = fleet.receive()
-    assert len(records) == 6
+    assert len(records) == 4
     assert fleet.process(records + records) == []  # and SQS delivered every message twice more
     assert fleet.topups("low00001") == 1
     for key in ("low00001", "good0002", simmod.DEFAULT_API_KEY):
@@ -205,13 +204,15 @@ def test_a_dispatcher_that_dies_half_way_is_retried_and_no_account_is_decided_tw
 
     aws_clients.client("sqs").meta.events.register("before-send.sqs.SendMessageBatch", die_on_the_second_batch)
     with pytest.raises(RuntimeError):
-        dispatch(tick(), fleet.registry, fleet.queue_url)
+        fleet.scheduled(tick())
     first = fleet.receive()
     assert len(first) == 10  # the first batch went out
     assert fleet.process(first) == []
-    dispatch(tick(), fleet.registry, fleet.queue_url)  # the Scheduler's retry sends the whole tick again
+    assert fleet.history(simmod.DEFAULT_API_KEY) == []  # the stack's account comes after the messages
+    fleet.scheduled(tick())  # the Scheduler's retry sends the whole tick again
     second = fleet.receive()
-    assert len(second) == 25
+    assert len(second) == 24
+    assert len(fleet.history(simmod.DEFAULT_API_KEY)) == 1
     assert fleet.process(second) == []
     for i in range(24):
         key = f"acct{i:04d}"
@@ -254,7 +255,7 @@ def test_an_account_removed_after_dispatch_is_not_evaluated(fleet: Fleet) -> Non
     assert fleet.process(fleet.receive()) == []
     assert fleet.balance_reads("gone0001") == 0 and fleet.topups("gone0001") == 0
     dispatch(tick(1), fleet.registry, fleet.queue_url)
-    assert message_accounts(fleet.receive()) == [STACK_ACCOUNT]  # and no longer dispatched
+    assert message_accounts(fleet.receive()) == []  # and no longer dispatched
 
 
 def test_a_message_that_is_not_a_tick_is_dropped_not_sent_round(fleet: Fleet) -> None:
@@ -280,8 +281,8 @@ def test_each_account_runs_with_its_own_settings_and_its_alerts_name_it(fleet: F
     fleet.add("off00001", balance=3.0, settings=AccountSettings(name="Acme", topup_mode=TopUpMode.OFF))
     fleet.add("dry00002", balance=3.0, settings=AccountSettings(topup_mode=TopUpMode.DRY_RUN))
     fleet.add("high0003", balance=30.0, settings=AccountSettings(threshold_eur=50))
-    dispatch(tick(), fleet.registry, fleet.queue_url)
     metrics.clear_metrics()
+    fleet.scheduled(tick())
     assert fleet.process(fleet.receive()) == []
     assert [r["outcome"] for r in fleet.history("off00001")] == [Outcome.LOW_ALERTED]
     assert [r["outcome"] for r in fleet.history("dry00002")] == [Outcome.DRY_RUN]
@@ -295,6 +296,7 @@ def test_each_account_runs_with_its_own_settings_and_its_alerts_name_it(fleet: F
     assert metrics.metric_set["BalanceEUR"]["Value"] == [simmod.DEFAULT_BALANCE]
     assert metrics.metric_set["BalanceOk"]["Value"] == [1.0]
     assert len(metrics.metric_set["LowBalanceAlerted"]["Value"]) == 1
+    assert metrics.metric_set["FleetAccountsDispatched"]["Value"] == [3.0]
     assert all(set(d) <= {"service"} for d in [metrics.dimension_set]), metrics.dimension_set
     decided = {e.get("account"): e for e in json_logs.entries() if e["message"] == "fleet account decided"}
     assert decided["off00001"]["balance"] == 3.0 and decided["off00001"]["outcome"] == "low_alerted"
@@ -351,8 +353,8 @@ def test_the_registry_says_which_item_it_cannot_read(fleet: Fleet) -> None:
         UpdateExpression="SET watched = :t",
         ExpressionAttributeValues={":t": {"BOOL": True}},
     )
-    assert dispatch(tick(), fleet.registry, fleet.queue_url).accounts == 2
-    assert message_accounts(fleet.receive()) == sorted([STACK_ACCOUNT, "good0001"])
+    assert dispatch(tick(), fleet.registry, fleet.queue_url).accounts == 1
+    assert message_accounts(fleet.receive()) == ["good0001"]
 
 
 @pytest.mark.parametrize(
@@ -407,11 +409,15 @@ def test_the_poller_bounds_concurrency_and_leaves_failed_messages_for_the_dead_l
     stats = poller.drain()
     assert peak[0] <= 3 and stats.peak_in_flight <= 3
     assert sorted(seen, key=lambda b: int(b[1:])) == [f"m{i}" for i in range(40)] and stats.failed == 1
-    for _ in range(2):  # after its visibility timeout the failed one comes back, fails again, then leaves
-        time.sleep(1.2)
+    # after its visibility timeout the failed one comes back, fails again, then leaves for the DLQ
+    # (polled up to a deadline, not slept a fixed time: a loaded machine serves moto slowly)
+    moved: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 15
+    while not moved and time.monotonic() < deadline:
+        time.sleep(0.3)
         poller.drain()
-    assert seen.count("m7") == 2 and len(seen) == 41
-    moved = sqs.receive_message(QueueUrl=dead, MaxNumberOfMessages=10).get("Messages", [])
+        moved = sqs.receive_message(QueueUrl=dead, MaxNumberOfMessages=10).get("Messages", [])
     assert [m["Body"] for m in moved] == ["m7"]
+    assert seen.count("m7") == 2 and len(seen) == 41
     with pytest.raises(ValueError):
         FleetPoller(sqs, queue, handler, concurrency=0)

@@ -16,6 +16,7 @@ check them): they are checked statically.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import urllib.request
@@ -29,6 +30,7 @@ import pytest
 
 from account_api import aws_clients
 from local import aws_resources, rotation_trigger, webhooks
+from local.fleet_poller import sqs_record
 from local.stack import proxy_event
 from tests.cfn import ACCOUNT as CFN_ACCOUNT
 from tests.cfn import REGION, Deployment, Names, actions, allowed, refs, transformed
@@ -43,7 +45,12 @@ ROLES = {
     "balance_watcher": "BalanceWatcherFunctionRole",
     "secret_rotation": "SecretRotationFunctionRole",
 }
-ENFORCED = ("secretsmanager:", "dynamodb:", "sns:")  # services whose calls moto authorises
+ENFORCED = ("secretsmanager:", "dynamodb:", "sns:", "sqs:SendMessage")  # calls moto authorises (of ours)
+# SQS authorises a batch call as its single action (there is no sqs:SendMessageBatch in IAM); moto
+# asks for the batch action's own name, so the policy moto enforces grants it beside the single one.
+IAM_ACTION_OF = {"sqs:SendMessageBatch": "sqs:SendMessage"}
+FLEET_KEY, FLEET_SECRET = "flt00001", "Fleet-Secret-01"
+ADDED_KEY, ADDED_SECRET = "add00001", "Added-Secret-01"
 FUNCTIONS = {
     "settings_api": "SettingsApiFunction",
     "balance_watcher": "BalanceWatcherFunction",
@@ -69,7 +76,7 @@ class Calls:
     def _record(self, event_name: str, params: dict[str, Any], **kwargs: Any) -> None:
         _, service, operation = event_name.split(".", 2)
         action = f"{IAM_PREFIX.get(service, service)}:{operation}"
-        self.seen.append((action, _resource_of(service, params)))
+        self.seen.append((IAM_ACTION_OF.get(action, action), _resource_of(service, params)))
 
 
 def _resource_of(service: str, params: dict[str, Any]) -> str:
@@ -77,9 +84,13 @@ def _resource_of(service: str, params: dict[str, Any]) -> str:
         arn = f"arn:aws:dynamodb:{REGION}:{CFN_ACCOUNT}:table/{params['TableName']}"
         return arn + (f"/index/{params['IndexName']}" if "IndexName" in params else "")
     if service == "secrets-manager":
+        if "SecretId" not in params:  # CreateSecret: the ARN the new secret gets
+            return f"arn:aws:secretsmanager:{REGION}:{CFN_ACCOUNT}:secret:{params['Name']}-AbCdEf"
         return str(params["SecretId"])
     if service == "sns":
         return str(params.get("TopicArn", "*"))
+    if service == "sqs" and "QueueUrl" in params:  # https://sqs.<region>.amazonaws.com/<account>/<name>
+        return f"arn:aws:sqs:{REGION}:{CFN_ACCOUNT}:{params['QueueUrl'].rstrip('/').rsplit('/', 1)[-1]}"
     return "*"
 
 
@@ -88,6 +99,7 @@ def moto_policy(statements: list[dict[str, Any]], without: str | None = None) ->
     kept = []
     for statement in statements:
         names = [a for a in actions(statement) if a.startswith(ENFORCED) and a != without]
+        names += [batch for batch, single in IAM_ACTION_OF.items() if single in names]
         if names:
             kept.append({"Effect": "Allow", "Action": names, "Resource": "*"})
     return json.dumps(
@@ -135,8 +147,36 @@ class World:
             RotateImmediately=False,
         )
         # the names moto gave the template's resources: every reference resolves to these
-        known = {**self.resources.tables, "VonageSecret": self.resources.secret_arn, "AlertTopic": "AlertTopic"}
+        known = {
+            **self.resources.tables,
+            **{q: q for q in self.resources.queues},
+            "VonageSecret": self.resources.secret_arn,
+            "AlertTopic": "AlertTopic",
+        }
         self.names = Names(self.deployment, known=known)
+        # the rotation function as the template names it (the settings API gives new fleet secrets
+        # its rotation); Secrets Manager's invocations of it are no-ops, as above
+        self.rotation_function_arn = self.names.attribute("SecretRotationFunction", "Arn")
+        self.undo_trigger = rotation_trigger.install({self.rotation_function_arn: lambda event: None})
+        # one fleet account, in the simulator and in the registry, with its secret under the prefix
+        sim.add_account(FLEET_KEY, FLEET_SECRET, balance=25.0)
+        self.fleet_secret_arn = bootstrap.client("secretsmanager").create_secret(
+            Name=f"account-ops/accounts/{FLEET_KEY}",
+            SecretString=vonage_secret_value(api_key=FLEET_KEY, api_secret=FLEET_SECRET, topup_trx="fleet-trx"),
+        )["ARN"]
+        bootstrap.client("dynamodb").put_item(
+            TableName=self.resources.tables["AccountsTable"],
+            Item={
+                "api_key": {"S": FLEET_KEY},
+                "secret_arn": {"S": self.fleet_secret_arn},
+                "version": {"N": "1"},
+                "created_at": {"S": "2026-12-01T00:00:00Z"},
+                "settings": {"S": '{"name": "fleet"}'},
+                "watched": {"BOOL": True},
+            },
+        )
+        # an account the settings API adds and removes (the simulator knows it)
+        sim.add_account(ADDED_KEY, ADDED_SECRET, balance=30.0)
         self.test_only = {
             "VONAGE_REST_BASE_URL": sim.url,
             "VONAGE_API_BASE_URL": sim.url,
@@ -210,6 +250,7 @@ def world(
     finally:
         set_auth(moto_server, "inf")
         aws_clients.reset()
+        built.undo_trigger()
         undo()
         hooks.close()
 
@@ -228,6 +269,13 @@ def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
         # a rotation left pending by the last "rotate now": cancel it, as an operator would
         world.sm.cancel_rotate_secret(SecretId=world.resources.secret_arn)
     [secret_id] = world.sim.account()["secret_ids"][:1]
+    # a run that failed half-way may have left the added account in the fleet: each run adds it anew
+    # (its secret exists from the second run on, scheduled for deletion: the add restores it)
+    world.admin.client("dynamodb").delete_item(
+        TableName=world.resources.tables["AccountsTable"], Key={"api_key": {"S": ADDED_KEY}}
+    )
+    with contextlib.suppress(Exception):  # as the last complete run left it: scheduled for deletion
+        world.sm.delete_secret(SecretId=f"account-ops/accounts/{ADDED_KEY}", RecoveryWindowInDays=30)
     requests = [
         api("GET", "/settings"),
         api("GET", "/balance"),
@@ -240,6 +288,16 @@ def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
         api("PUT", "/topups", {"paused": False, "reason": "least privilege"}),
         api("GET", "/history"),
         api("POST", "/secrets/rotate"),
+        # the fleet: an account added (its credentials checked, stored, given rotation), read,
+        # changed and removed (its secret scheduled for deletion); the next run adds it back
+        api("POST", "/accounts", {"api_key": ADDED_KEY, "api_secret": ADDED_SECRET}),
+        api("GET", "/accounts"),
+        api("GET", f"/accounts/{ADDED_KEY}"),
+        api("PUT", f"/accounts/{ADDED_KEY}", {"settings": {"name": "least privilege"}}),
+        api("GET", f"/accounts/{ADDED_KEY}/balance"),
+        api("GET", f"/accounts/{ADDED_KEY}/rotation"),
+        api("GET", f"/accounts/{ADDED_KEY}/history"),
+        api("DELETE", f"/accounts/{ADDED_KEY}"),
     ]
     answers = [app.lambda_handler(event, LambdaContext("settings_api")) for event in requests]
     failed = [
@@ -253,6 +311,11 @@ def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
 
 def watcher_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bool:
     app = cold_start()
+    sqs = world.admin.client("sqs", endpoint_url=world.url)
+    queue = world.resources.queues["FleetQueue"]
+    while left := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+        for m in left:  # what a run that failed half-way left behind (PurgeQueue: once a minute)
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
     ddb = world.admin.client("dynamodb")
     ddb.delete_item(
         TableName=world.resources.tables["WatcherStateTable"], Key={"pk": {"S": "lease#abcd1234"}}
@@ -266,13 +329,28 @@ def watcher_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> boo
         event = {"scheduledTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "executionId": "least-privilege"}
         try:
             outcomes.append(app.lambda_handler(event, LambdaContext("balance_watcher"))["outcome"])
-        except Exception:
+        except Exception as exc:
+            world.failures = [repr(exc)]
             return False
     subjects = [a["subject"] for a in world.read_alerts()]
+    # each tick sent the fleet account's message; the event source mapping hands them over
+    got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    records = [sqs_record(m, f"arn:aws:sqs:{REGION}:{ACCOUNT}:FleetQueue", REGION) for m in got]
+    try:
+        answer = app.lambda_handler({"Records": records}, LambdaContext("balance_watcher")) if records else None
+    except Exception as exc:
+        world.failures = [repr(exc)]
+        return False
+    for m in got:
+        sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+    world.failures = [outcomes, len(records), answer, len(world.sim.requests("getAccountBalance", api_key=FLEET_KEY))]
     return (
         outcomes == ["ok", "topup_succeeded", "low_alerted", "ok"]
         and any("top-up sent" in s for s in subjects)
         and "Vonage balance recovered" in subjects
+        and len(records) == 4  # one per tick
+        and answer == {"batchItemFailures": []}
+        and len(world.sim.requests("getAccountBalance", api_key=FLEET_KEY)) >= 1
     )
 
 
@@ -289,7 +367,22 @@ def rotation_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
             app.lambda_handler({"Step": step, "SecretId": arn, "ClientRequestToken": token}, LambdaContext("rotation"))
     except Exception:
         return False
-    return world.sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["VersionId"] == token != before
+    if world.sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["VersionId"] != token or token == before:
+        return False
+    # and a fleet account's secret, created at run time under the stack's prefix
+    fleet = world.fleet_secret_arn
+    if rotation_trigger.pending_token(world.sm, fleet):
+        world.sm.cancel_rotate_secret(SecretId=fleet)
+    world.sm.rotate_secret(SecretId=fleet, RotationLambdaARN=ROTATION_ARN, RotationRules={"AutomaticallyAfterDays": 30})
+    token = rotation_trigger.pending_token(world.sm, fleet)
+    try:
+        for step in rotation_trigger.STEPS:
+            app.lambda_handler(
+                {"Step": step, "SecretId": fleet, "ClientRequestToken": token}, LambdaContext("rotation")
+            )
+    except Exception:
+        return False
+    return world.sm.get_secret_value(SecretId=fleet, VersionStage="AWSCURRENT")["VersionId"] == token
 
 
 SCENARIOS = {
@@ -336,22 +429,44 @@ def test_every_statement_names_its_intended_resource() -> None:
                 found.setdefault(action, set()).update(refs(statement["Resource"]))
         return found
 
+    # the fleet's secrets, created at run time: only under this stack's own prefix, "${ServiceName}/accounts/*"
+    names = Names(d)
+    prefix = f"arn:aws:secretsmanager:{REGION}:{CFN_ACCOUNT}:secret:account-ops/accounts/*"
+    fleet = {"AWS", "ServiceName"}  # what refs() finds in that !Sub
+    for role in ROLES.values():
+        for statement in d.role_statements(role):
+            targets = names.resolve(statement["Resource"])
+            for target in targets if isinstance(targets, list) else [targets]:
+                if "accounts/" in str(target):
+                    assert target == prefix, (role, target)
+
     assert resources_of("SettingsApiFunctionRole") == {
-        "secretsmanager:GetSecretValue": {"VonageSecret"},
-        "secretsmanager:DescribeSecret": {"VonageSecret"},
-        "secretsmanager:RotateSecret": {"VonageSecret"},
+        "secretsmanager:GetSecretValue": {"VonageSecret"} | fleet,
+        "secretsmanager:DescribeSecret": {"VonageSecret"} | fleet,
+        "secretsmanager:RotateSecret": {"VonageSecret"} | fleet,
+        "secretsmanager:CreateSecret": fleet,
+        "secretsmanager:PutSecretValue": fleet,
+        "secretsmanager:RestoreSecret": fleet,
+        "secretsmanager:DeleteSecret": fleet,
         "lambda:InvokeFunction": {"SecretRotationFunction"},
-        "dynamodb:GetItem": {"WatcherStateTable"},
-        "dynamodb:PutItem": {"WatcherStateTable", "TopUpHistoryTable"},
+        "dynamodb:GetItem": {"WatcherStateTable", "AccountsTable"},
+        "dynamodb:PutItem": {"WatcherStateTable", "TopUpHistoryTable", "AccountsTable"},
+        "dynamodb:Scan": {"AccountsTable"},
         "dynamodb:Query": {"TopUpHistoryTable"},
     }
     watcher = resources_of("BalanceWatcherFunctionRole")
-    assert watcher["secretsmanager:GetSecretValue"] == {"VonageSecret"}
-    for action in ("dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"):
+    assert watcher["secretsmanager:GetSecretValue"] == {"VonageSecret"} | fleet
+    for action in ("dynamodb:UpdateItem", "dynamodb:DeleteItem"):
         assert watcher[action] == {"WatcherStateTable"}, action
+    assert watcher["dynamodb:GetItem"] == {"WatcherStateTable", "AccountsTable"}
+    assert watcher["dynamodb:Scan"] == {"AccountsTable"}
     assert watcher["dynamodb:PutItem"] == {"WatcherStateTable", "TopUpHistoryTable"}
     assert watcher["sns:Publish"] == {"AlertTopic"}
-    assert watcher["sqs:SendMessage"] == {"WatcherDeadLetterQueue"}  # Lambda's on-failure destination
+    # Lambda's on-failure destination, and the fleet's messages
+    assert watcher["sqs:SendMessage"] == {"WatcherDeadLetterQueue", "FleetQueue"}
+    # the SQS event source mapping's grants, on the fleet queue alone (not SAM's managed policy on every queue)
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"):
+        assert watcher[action] == {"FleetQueue"}, action
     rotation = resources_of("SecretRotationFunctionRole")
     assert set(rotation) == {
         "secretsmanager:DescribeSecret",
@@ -361,7 +476,7 @@ def test_every_statement_names_its_intended_resource() -> None:
         "secretsmanager:TagResource",
         "secretsmanager:UntagResource",
     }
-    assert all(r == {"VonageSecret"} for r in rotation.values())
+    assert all(r == {"VonageSecret"} | fleet for r in rotation.values())
     [tagging] = [
         s for s in d.role_statements("SecretRotationFunctionRole") if "secretsmanager:TagResource" in actions(s)
     ]
@@ -371,9 +486,7 @@ def test_every_statement_names_its_intended_resource() -> None:
 def test_with_a_separate_trx_secret_the_watcher_may_read_that_one_too() -> None:
     arn = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:trx-AbCdEf"
     d = Deployment(transformed(), {"TopUpTrxSecretArn": arn})
-    [read] = [
-        s for s in d.role_statements("BalanceWatcherFunctionRole") if "secretsmanager:GetSecretValue" in actions(s)
-    ]
+    [read] = [s for s in d.role_statements("BalanceWatcherFunctionRole") if s.get("Sid") == "ReadVonageCredentials"]
     assert read["Resource"] == [{"Ref": "VonageSecret"}, arn]
 
 

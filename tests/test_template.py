@@ -63,11 +63,15 @@ def test_api_is_iam_authorised_without_data_tracing() -> None:
 
 def test_tables_expire_items_and_protect_history() -> None:
     tables = resources_of_type(TEMPLATE, "AWS::DynamoDB::Table")
-    assert set(tables) == {"WatcherStateTable", "TopUpHistoryTable"}
-    for table in tables.values():
-        assert table["Properties"]["TimeToLiveSpecification"]["Enabled"] is True
-    history = tables["TopUpHistoryTable"]["Properties"]
-    assert history["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert set(tables) == {"WatcherStateTable", "TopUpHistoryTable", "AccountsTable"}
+    for name in ("WatcherStateTable", "TopUpHistoryTable"):
+        assert tables[name]["Properties"]["TimeToLiveSpecification"]["Enabled"] is True
+    # the registry's items never expire: a removed account's item explains its history
+    assert "TimeToLiveSpecification" not in tables["AccountsTable"]["Properties"]
+    for name in ("TopUpHistoryTable", "AccountsTable"):
+        props = tables[name]["Properties"]
+        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+        assert tables[name]["DeletionPolicy"] == "RetainExceptOnCreate", name
 
 
 def test_schedule_has_retries_a_dlq_and_the_scheduled_time() -> None:
@@ -136,6 +140,8 @@ def test_alarms_cover_what_operators_need() -> None:
         "BalanceWatcherFunctionErrorsAlarm",
         "SecretRotationFunctionErrorsAlarm",
         "VonageNotConfiguredAlarm",
+        "FleetAccountNotEvaluatedAlarm",
+        "FleetAccountsFailingAlarm",
     }
     assert set(alarms) == expected
     for alarm in alarms.values():

@@ -31,6 +31,7 @@ import pytest
 from account_api import aws_clients
 from local import aws_resources, rotation_trigger
 from local import simulator as simmod
+from local.fleet_poller import sqs_record
 from local.stack import proxy_event
 from tests.cfn import ACCOUNT, REGION, Deployment, Names, allowed, transformed
 from tests.conftest import ROOT, LambdaContext, Sim, load_handler, vonage_secret_value
@@ -44,6 +45,7 @@ FUNCTIONS = {
     "secret_rotation": "SecretRotationFunction",
 }
 IAM_PREFIX = {"secrets-manager": "secretsmanager"}
+IAM_ACTION_OF = {"sqs:SendMessageBatch": "sqs:SendMessage"}  # SQS authorises a batch as its single action
 ROTATION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:rotation"
 Emission = tuple[str, frozenset[str]]  # a metric name and its dimension names
 
@@ -74,7 +76,11 @@ def _resource_of(service: str, params: dict[str, Any]) -> str:
     if service == "dynamodb":
         return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{params['TableName']}"
     if service == "secrets-manager":
+        if "SecretId" not in params:  # CreateSecret: the ARN the new secret gets
+            return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{params['Name']}-AbCdEf"
         return str(params["SecretId"])
+    if service == "sqs" and "QueueUrl" in params:
+        return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{params['QueueUrl'].rstrip('/').rsplit('/', 1)[-1]}"
     return str(params.get("TopicArn", "*"))
 
 
@@ -91,9 +97,18 @@ def observed(moto_server: str) -> Iterator[Observed]:
         patch.setenv("AWS_MAX_ATTEMPTS", "1")
         aws_clients.reset()
         resources = aws_resources.create_resources(boto3.Session(), vonage_secret_value())
-        result.known = {**resources.tables, "VonageSecret": resources.secret_arn, "AlertTopic": "AlertTopic"}
+        result.known = {
+            **resources.tables,
+            **{q: q for q in resources.queues},
+            "VonageSecret": resources.secret_arn,
+            "AlertTopic": "AlertTopic",
+        }
         names = Names(Deployment(transformed()), known=result.known)
-        undo = rotation_trigger.install({ROTATION_ARN: lambda event: None})
+        # the rotation function as the template names it too: the settings API gives a new fleet
+        # account's secret that rotation
+        undo = rotation_trigger.install(
+            {ROTATION_ARN: lambda event: None, names.attribute("SecretRotationFunction", "Arn"): lambda event: None}
+        )
         try:
             for function, scenarios in SCENARIOS.items():
                 resource = names.d.resources[FUNCTIONS[function]]
@@ -108,7 +123,8 @@ def observed(moto_server: str) -> Iterator[Observed]:
 
                 def record(event_name: str, params: dict[str, Any], __seen: Any = seen, **kwargs: Any) -> None:
                     _, service, operation = event_name.split(".", 2)
-                    __seen.add((f"{IAM_PREFIX.get(service, service)}:{operation}", _resource_of(service, params)))
+                    action = f"{IAM_PREFIX.get(service, service)}:{operation}"
+                    __seen.add((IAM_ACTION_OF.get(action, action), _resource_of(service, params)))
 
                 watched: set[int] = set()
 
@@ -134,10 +150,14 @@ def observed(moto_server: str) -> Iterator[Observed]:
 
 
 def _settings(app: Any, sim: Sim, resources: aws_resources.LocalResources) -> None:
+    sim.add_account("add00001", "Added-Secret-01")
     for method, path, body in (
         ("GET", "/balance", None),
         ("PUT", "/topups", {"paused": False}),
         ("GET", "/history", None),
+        ("POST", "/accounts", {"api_key": "add00001", "api_secret": "Added-Secret-01"}),
+        ("GET", "/accounts/add00001/balance", None),
+        ("DELETE", "/accounts/add00001", None),
     ):
         data = json.dumps(body).encode() if body else b""
         app.lambda_handler(
@@ -169,6 +189,30 @@ def _watcher(app: Any, sim: Sim, resources: aws_resources.LocalResources) -> Non
     )
     app = load_handler("balance_watcher")  # a new process: no credentials cached
     tick()
+    # the fleet: a tick's messages for two registry accounts, one of them refused by Vonage
+    sm, ddb, sqs = (boto3.client(s) for s in ("secretsmanager", "dynamodb", "sqs"))
+    sm.put_secret_value(SecretId=resources.secret_arn, SecretString=vonage_secret_value())
+    for key, secret in (("flt00001", "Fleet-Secret-01"), ("flt00002", "Wrong-Secret-02")):
+        sim.add_account(key, "Fleet-Secret-01" if key == "flt00001" else "Fleet-Secret-02")
+        arn = sm.create_secret(
+            Name=f"account-ops/accounts/{key}", SecretString=vonage_secret_value(api_key=key, api_secret=secret)
+        )["ARN"]
+        ddb.put_item(
+            TableName=resources.tables["AccountsTable"],
+            Item={
+                "api_key": {"S": key},
+                "secret_arn": {"S": arn},
+                "version": {"N": "1"},
+                "created_at": {"S": "2026-12-01T00:00:00Z"},
+                "settings": {"S": "{}"},
+                "watched": {"BOOL": True},
+            },
+        )
+    app = load_handler("balance_watcher")
+    tick()
+    got = sqs.receive_message(QueueUrl=resources.queues["FleetQueue"], MaxNumberOfMessages=10)["Messages"]
+    records = [sqs_record(m, "arn:aws:sqs:eu-west-1:123456789012:FleetQueue", "eu-west-1") for m in got]
+    app.lambda_handler({"Records": records}, LambdaContext("watcher"))
 
 
 def _rotation(app: Any, sim: Sim, resources: aws_resources.LocalResources) -> None:
@@ -248,7 +292,10 @@ def _grants(d: Deployment, names: Names, seen: Observed) -> list[str]:
     for function, logical in FUNCTIONS.items():
         role = d.resources[logical]["Properties"]["Role"]["Fn::GetAtt"][0]
         statements = d.role_statements(role)
-        for action, resource in sorted(seen.calls[function]):
+        for action, recorded in sorted(seen.calls[function]):
+            # the scenarios ran with the default ServiceName: a fleet secret's name follows the
+            # deployment's own (its ACCOUNT_SECRET_PREFIX)
+            resource = recorded.replace(":secret:account-ops/accounts/", f":secret:{d.params['ServiceName']}/accounts/")
             if not allowed(statements, names, action, resource):
                 problems.append(f"{role} would deny {action} on {resource}")
     return problems
@@ -325,6 +372,37 @@ MUTATIONS: dict[str, Callable[[str], str]] = {
     ),
     "watcher alarm in a namespace shared by every stack": _in_block(
         "TopUpNeedsAttentionAlarm:", "Namespace: !Sub AccountOps/${AWS::StackName}", "Namespace: AccountOps"
+    ),
+    # the fleet
+    "fleet secrets read under another prefix": _in_block(
+        "Sid: FleetAccountCredentials", "${ServiceName}/accounts/*", "${ServiceName}/account/*"
+    ),
+    "fleet queue's visibility under six watcher timeouts": _in_block(
+        "FleetQueue:", "VisibilityTimeout: 360", "VisibilityTimeout: 60"
+    ),
+    "fleet batches without partial failures": _in_block(
+        "FleetEventSource:", "      FunctionResponseTypes: [ReportBatchItemFailures]\n", ""
+    ),
+    "fleet dead-letter alarm that never fires": _in_block(
+        "FleetAccountNotEvaluatedAlarm:",
+        "MetricName: ApproximateNumberOfMessagesVisible",
+        "MetricName: NumberOfMessagesSent",
+    ),
+    "fleet failures alarm on a metric no one publishes": _in_block(
+        "FleetAccountsFailingAlarm:", "MetricName: FleetAccountsFailed", "MetricName: FleetAccountFailures"
+    ),
+    "fleet secrets' rotation invocable for the stack's secret only": _in_block(
+        "FleetSecretRotationPermission:",
+        "SourceArn: !Sub arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${ServiceName}/accounts/*",
+        "SourceArn: !Ref VonageSecret",
+    ),
+    "dispatcher may send to the watcher's dead-letter queue only": _in_block(
+        "Sid: FleetDispatch", "Resource: !GetAtt FleetQueue.Arn", "Resource: !GetAtt WatcherDeadLetterQueue.Arn"
+    ),
+    "settings API creates fleet secrets outside its prefix grant": _in_block(
+        "SettingsApiFunction:",
+        "ACCOUNT_SECRET_PREFIX: !Sub ${ServiceName}/accounts/",
+        "ACCOUNT_SECRET_PREFIX: !Sub ${ServiceName}/fleet/",
     ),
     "alert topic publish grant on another topic": _in_block(
         "BalanceWatcherFunction:",

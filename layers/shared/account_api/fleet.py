@@ -8,8 +8,9 @@ comes from the watcher's run claim, keyed by the account's api_key and the tick'
 to know what it sent before.
 
 The stack's own account (its secret, its parameters, its metrics and alarms) is the fleet's first
-account, `STACK_ACCOUNT` in a message: a stack updated from 1.1.0 keeps its secret, lease,
-history and pause, with nothing to migrate. A registry account is re-read when its message is
+account. The scheduled run that dispatches decides it itself, as 1.1.0 did, after the messages
+are sent: a stack updated from 1.1.0 keeps its secret, lease, history and pause, with nothing to
+migrate, and no other account waits for it. A registry account is re-read when its message is
 evaluated, so one removed or disabled after dispatch is not evaluated.
 """
 
@@ -19,16 +20,17 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import aws_clients
 from .balance import Alerts, BalanceWatcher, RunResult, ScheduledRun, WatcherSettings, WatcherStore
+from .config import ConfigurationError, model_from_environment
 from .credentials import CredentialStore, VonageAccount
-from .observability import logger
+from .observability import logger, metrics
 from .registry import FleetAccount, Registry, TopUpMode
 
-STACK_ACCOUNT = "stack"
 SQS_BATCH_LIMIT = 10  # SendMessageBatch takes at most ten entries
 SEND_ATTEMPTS = 3  # entries SQS refused are sent again this many times before the tick fails
 
@@ -38,12 +40,30 @@ class DispatchError(Exception):
     (the accounts already decided answer `duplicate`)."""
 
 
+class FleetSettings(BaseModel):
+    """Where the fleet lives; both empty means no fleet (the stack's account alone, as in 1.1.0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    accounts_table: str = ""
+    queue_url: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.accounts_table and self.queue_url)
+
+    @classmethod
+    def from_environment(cls, env: dict[str, str] | None = None) -> FleetSettings:
+        names = {"accounts_table": "ACCOUNTS_TABLE", "queue_url": "FLEET_QUEUE_URL"}
+        return model_from_environment(cls, names, env, "fleet settings")
+
+
 class TickMessage(BaseModel):
     """One account's share of one tick."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    account: str = Field(min_length=1, max_length=64)  # an api_key, or STACK_ACCOUNT
+    account: str = Field(min_length=1, max_length=64)  # a registry account's api_key
     scheduled_time: str = Field(min_length=1)
     execution_id: str = ""
     dry_run: bool = False
@@ -56,13 +76,14 @@ class TickMessage(BaseModel):
 
 class DispatchResult(BaseModel):
     scheduled_time: str
-    accounts: int  # messages sent: the stack's account and every watched registry account
+    accounts: int  # messages sent: one per watched registry account
 
 
 def tick_messages(run: ScheduledRun, accounts: Iterable[FleetAccount]) -> list[TickMessage]:
-    keys = [STACK_ACCOUNT, *(a.api_key for a in accounts if a.watched)]
     return [
-        TickMessage(account=k, scheduled_time=run.key, execution_id=run.execution_id, dry_run=run.dry_run) for k in keys
+        TickMessage(account=a.api_key, scheduled_time=run.key, execution_id=run.execution_id, dry_run=run.dry_run)
+        for a in accounts
+        if a.watched
     ]
 
 
@@ -86,6 +107,8 @@ def dispatch(run: ScheduledRun, registry: Registry, queue_url: str) -> DispatchR
                 f"{len(pending)} account messages of the tick {run.key} were refused by SQS: the tick is retried"
             )
     logger.info("tick dispatched", scheduled_time=run.key, accounts=len(messages))
+    # one metric for the whole fleet, whatever its size: what the "not evaluated" check compares with
+    metrics.add_metric(name="FleetAccountsDispatched", unit=MetricUnit.Count, value=len(messages))
     return DispatchResult(scheduled_time=run.key, accounts=len(messages))
 
 
@@ -139,8 +162,6 @@ class FleetWatcher:
     def evaluate(self, message: TickMessage, now: float | None = None) -> RunResult | None:
         """The account's decision for the tick; None when it is no longer watched."""
         run = message.run()
-        if message.account == STACK_ACCOUNT:
-            return self.stack_watcher.run(run, now)
         account = self.registry.get(message.account)
         if account is None or not account.watched:
             logger.info(
@@ -179,10 +200,56 @@ class FleetWatcher:
                 # not ours: failing it would only send it round again until the dead-letter queue
                 logger.error("a queue message that is not a tick message was dropped", message_id=record.message_id)
                 return None
-            result = self.evaluate(message)
+            try:
+                result = self.evaluate(message)
+            except Exception as exc:
+                # the account's line for the "needing attention" query, and one count for the fleet
+                logger.warning(
+                    "fleet account failed", account=message.account, outcome="failed", error=type(exc).__name__
+                )
+                metrics.add_metric(name="FleetAccountsFailed", unit=MetricUnit.Count, value=1)
+                raise
             return result.model_dump(mode="json") if result else None
 
         answer = process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context
         )
         return dict(answer)  # {"batchItemFailures": [{"itemIdentifier": ...}]}: what Lambda reads
+
+
+def is_sqs_batch(event: dict[str, Any]) -> bool:
+    records = event.get("Records")
+    return isinstance(records, list) and bool(records) and records[0].get("eventSource") == "aws:sqs"
+
+
+class Tick:
+    """What the watcher function does with each event it gets: a scheduled run dispatches the fleet's
+    messages, then decides the stack's own account; an SQS batch decides registry accounts."""
+
+    def __init__(self, stack_watcher: BalanceWatcher, fleet: FleetSettings) -> None:
+        self.stack_watcher = stack_watcher
+        self.fleet = fleet
+        self.fleet_watcher = FleetWatcher.for_stack(stack_watcher, fleet.accounts_table) if fleet.enabled else None
+
+    @classmethod
+    def from_environment(cls) -> Tick:
+        return cls(BalanceWatcher.from_environment(), FleetSettings.from_environment())
+
+    def scheduled(self, event: dict[str, Any]) -> dict[str, Any]:
+        run = ScheduledRun.from_event(event)
+        logger.append_keys(scheduled_time=run.key)
+        dispatched = None
+        # An event that forces a dry run is the smoke test: it checks the deployment on the stack's
+        # account and never claims the fleet's accounts' tick.
+        if self.fleet_watcher is not None and not run.dry_run:
+            # first, so that no registry account waits for the stack account's Vonage calls
+            dispatched = dispatch(run, self.fleet_watcher.registry, self.fleet.queue_url).accounts
+        answer = self.stack_watcher.run(run).model_dump(mode="json")
+        if dispatched is not None:
+            answer["fleet_dispatched"] = dispatched
+        return answer
+
+    def sqs_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if self.fleet_watcher is None:
+            raise ConfigurationError("an SQS batch arrived but ACCOUNTS_TABLE / FLEET_QUEUE_URL are not set")
+        return self.fleet_watcher.process_sqs_batch(event, context)
