@@ -128,4 +128,4 @@ clean:
 	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache .hypothesis benchmarks/.work *.egg-info
 
 openapi: $(STAMP)
-	VONAGE_SECRET_ARN=unused STATE_TABLE=unused HISTORY_TABLE=unused $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json
+	VONAGE_SECRET_ARN=unused STATE_TABLE=unused HISTORY_TABLE=unused ACCOUNTS_TABLE=unused ACCOUNT_SECRET_PREFIX=unused/ $(PY) -c "import sys; sys.path[:0] = ['layers/shared', 'functions/settings_api']; import app; print(app.openapi_document())" > functions/settings_api/openapi.json

@@ -226,6 +226,8 @@ def vonage_secret(aws: None, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> str:
     tables = aws_resources.create_tables(boto3.Session())  # the watcher's tables, which the API also uses
     monkeypatch.setenv("STATE_TABLE", tables["WatcherStateTable"])
     monkeypatch.setenv("HISTORY_TABLE", tables["TopUpHistoryTable"])
+    monkeypatch.setenv("ACCOUNTS_TABLE", tables["AccountsTable"])
+    monkeypatch.setenv("ACCOUNT_SECRET_PREFIX", "account-ops/accounts/")
     return arn
 
 
@@ -275,6 +277,16 @@ class JsonLogs:
 
     def entries(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def hooks() -> Iterator[Any]:
+    """The webhook receivers: /ok answers 200, /missing 404."""
+    from local import webhooks
+
+    server = webhooks.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

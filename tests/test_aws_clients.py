@@ -168,6 +168,8 @@ def test_aws_retries_stop_at_the_invocation_deadline(
     monkeypatch.setenv("VONAGE_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:000000000000:secret:account-ops/vonage")
     monkeypatch.setenv("STATE_TABLE", "state")
     monkeypatch.setenv("HISTORY_TABLE", "history")
+    monkeypatch.setenv("ACCOUNTS_TABLE", "accounts")
+    monkeypatch.setenv("ACCOUNT_SECRET_PREFIX", "account-ops/accounts/")
     app = load_handler("settings_api")
     started = time.monotonic()
     answer = app.lambda_handler(load_event("settings_get_balance.json"), ShortContext(2500))

@@ -221,13 +221,6 @@ def test_public_addresses_are_public(address: str) -> None:
 ALLOW_LOCAL = CallbackPolicy(timeout=1.0, allow_hosts=frozenset({"localhost"}))
 
 
-@pytest.fixture
-def hooks() -> Iterator[webhooks.WebhookServer]:
-    server = webhooks.start()
-    yield server
-    server.close()
-
-
 def test_a_url_that_answers_200_passes(hooks: webhooks.WebhookServer) -> None:
     result = CallbackChecker(ALLOW_LOCAL).check(f"{hooks.url}/ok")
     assert (result.ok, result.reason, result.status) == (True, "ok", 200)

@@ -18,13 +18,6 @@ from tests.conftest import ROOT, JsonLogs, LambdaContext, Sim, load_event, load_
 
 
 @pytest.fixture
-def hooks() -> Iterator[webhooks.WebhookServer]:
-    server = webhooks.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def api(vonage_secret: str, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("VONAGE_SECRET_ARN", vonage_secret)
     monkeypatch.setenv("VONAGE_REST_BASE_URL", sim.url)
@@ -585,6 +578,17 @@ def test_openapi_document_describes_the_api_as_it_answers() -> None:
         ("PUT", "/topups"): [200, 400, 413, 415, 422, *upstream],
         ("GET", "/history"): [200, 422, *upstream],
         ("GET", "/version"): [200],
+        ("GET", "/accounts"): [200, 422, *upstream],
+        ("POST", "/accounts"): [201, 400, 409, 413, 415, 422, *upstream],
+        ("GET", "/accounts/{api_key}"): [200, 404, 422, *upstream],
+        ("PUT", "/accounts/{api_key}"): [200, 400, 404, 409, 413, 415, 422, *upstream],
+        ("DELETE", "/accounts/{api_key}"): [200, 404, 422, *upstream],
+        ("GET", "/accounts/{api_key}/balance"): [200, 404, 422, *upstream],
+        ("GET", "/accounts/{api_key}/settings"): [200, 404, 422, *upstream],
+        ("PUT", "/accounts/{api_key}/settings"): [200, 400, 404, 413, 415, 422, *upstream],
+        ("GET", "/accounts/{api_key}/rotation"): [200, 404, 422, *upstream],
+        ("POST", "/accounts/{api_key}/secrets/rotate"): [202, 404, 409, 413, 415, 422, *upstream],
+        ("GET", "/accounts/{api_key}/history"): [200, 404, 422, *upstream],
     }
     for operations in document["paths"].values():
         for operation in operations.values():

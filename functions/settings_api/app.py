@@ -20,10 +20,12 @@ from pydantic import BaseModel
 
 from account_api import deadline, http, switch
 from account_api import settings as service
+from account_api.accounts import AccountChange, AccountList, AccountView, Fleet, FleetConfig, NewAccount
 from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
 from account_api.observability import logger, metrics
 from account_api.problems import PROBLEM_CONTENT_TYPE, Problem, problem, problem_for
+from account_api.registry import RegistryError
 from account_api.version import __version__
 
 MAX_BODY_BYTES = 8 * 1024
@@ -38,14 +40,21 @@ ROUTES = {  # path pattern -> allowed methods; the first pattern that matches de
     r"/topups": {"GET", "PUT"},
     r"/history": {"GET"},
     r"/version": {"GET"},
+    r"/accounts": {"GET", "POST"},
+    r"/accounts/[^/]+": {"GET", "PUT", "DELETE"},
+    r"/accounts/[^/]+/balance": {"GET"},
+    r"/accounts/[^/]+/settings": {"GET", "PUT"},
+    r"/accounts/[^/]+/rotation": {"GET"},
+    r"/accounts/[^/]+/secrets/rotate": {"POST"},
+    r"/accounts/[^/]+/history": {"GET"},
 }
 
 # Every status an operation can answer; each error is an RFC 7807 problem (account_api.problems).
 _PROBLEM_TEXTS = {
     400: "Malformed JSON or body",
-    404: "No such secret",
+    404: "No such secret or account",
     405: "Method not allowed for this path (see the Allow header)",
-    409: "A rotation is already in progress, or rotation is not configured",
+    409: "A rotation is already in progress or not configured, or the account exists or changed since it was read",
     413: "Body larger than 8 KiB",
     415: "Body is not application/json",
     422: "Invalid input (invalid_params names each field), a failed callback check, or Vonage refused it",
@@ -71,6 +80,7 @@ app = APIGatewayRestResolver(enable_validation=True)
 account = VonageAccount.from_environment()
 checker = CallbackChecker()
 tables = service.Tables.from_environment()
+fleet = Fleet(FleetConfig.from_environment(), account)
 _declared: dict[tuple[str, str], set[int]] = {}  # (METHOD, OpenAPI path) -> the statuses it documents
 
 
@@ -174,6 +184,113 @@ def get_version() -> service.VersionView:
 @_route("POST", "/senders", 400, 413, 415, 422, *UPSTREAM, success=(201, "Sender registered", service.SenderView))
 def post_sender(sender: service.SenderRequest) -> Response[service.SenderView]:
     return Response(status_code=201, content_type="application/json", body=service.register_sender(account, sender))
+
+
+# -- the fleet: /accounts, and the single-account routes for one account of it ----------------------
+
+ApiKey = Annotated[str, Path(pattern=r"^[A-Za-z0-9]{4,32}$")]
+
+
+@_route("GET", "/accounts", 422, *UPSTREAM, success=(200, "The fleet's accounts (never a credential)", AccountList))
+def list_accounts(removed: Annotated[bool, Query()] = False) -> AccountList:
+    return fleet.list(removed_too=removed)
+
+
+@_route(
+    "POST",
+    "/accounts",
+    400,
+    409,
+    413,
+    415,
+    422,
+    *UPSTREAM,
+    success=(201, "Credentials checked with one balance read, stored, rotated and watched", AccountView),
+)
+def add_account(new: NewAccount) -> Response[AccountView]:
+    return Response(status_code=201, content_type="application/json", body=fleet.add(new))
+
+
+@_route("GET", "/accounts/<api_key>", 404, 422, *UPSTREAM, success=(200, "One account", AccountView))
+def show_account(api_key: ApiKey) -> AccountView:
+    return fleet.show(api_key)
+
+
+@_route("PUT", "/accounts/<api_key>", 400, 404, 409, 413, 415, 422, *UPSTREAM, success=(200, "Changed", AccountView))
+def change_account(api_key: ApiKey, change: AccountChange) -> AccountView:
+    return fleet.change(api_key, change)
+
+
+@_route(
+    "DELETE",
+    "/accounts/<api_key>",
+    404,
+    422,
+    *UPSTREAM,
+    success=(200, "No longer watched or rotated; history kept; secret scheduled for deletion", AccountView),
+)
+def remove_account(api_key: ApiKey) -> AccountView:
+    return fleet.remove(api_key)
+
+
+@_route("GET", "/accounts/<api_key>/balance", 404, 422, *UPSTREAM, success=(200, "The balance", service.BalanceView))
+def get_account_balance(api_key: ApiKey) -> service.BalanceView:
+    return service.read_balance(fleet.vonage(api_key))
+
+
+@_route("GET", "/accounts/<api_key>/settings", 404, 422, *UPSTREAM, success=(200, "Callbacks", service.SettingsView))
+def get_account_settings(api_key: ApiKey) -> service.SettingsView:
+    return service.read_settings(fleet.vonage(api_key))
+
+
+@_route(
+    "PUT",
+    "/accounts/<api_key>/settings",
+    400,
+    404,
+    413,
+    415,
+    422,
+    *UPSTREAM,
+    success=(200, "Checked, then changed", service.SettingsChangeResult),
+)
+def put_account_settings(api_key: ApiKey, change: service.SettingsChangeRequest) -> service.SettingsChangeResult:
+    return service.change_settings(fleet.vonage(api_key), change, checker, _caller())
+
+
+@_route(
+    "GET", "/accounts/<api_key>/rotation", 404, 422, *UPSTREAM, success=(200, "Its rotation", service.RotationState)
+)
+def get_account_rotation(api_key: ApiKey) -> service.RotationState:
+    return service.rotation_state(fleet.get(api_key).secret_arn)
+
+
+@_route(
+    "POST",
+    "/accounts/<api_key>/secrets/rotate",
+    404,
+    409,
+    413,
+    415,
+    422,
+    *UPSTREAM,
+    success=(202, "Rotation started", service.RotationStarted),
+)
+def rotate_account_secret(api_key: ApiKey) -> Response[service.RotationStarted]:
+    started = service.request_rotation(fleet.get(api_key).secret_arn)
+    return Response(status_code=202, content_type="application/json", body=started)
+
+
+@_route("GET", "/accounts/<api_key>/history", 404, 422, *UPSTREAM, success=(200, "Its decisions", service.History))
+def get_account_history(
+    api_key: ApiKey,
+    days: Annotated[int, Query(ge=1, le=90)] = 7,
+    limit: Annotated[int, Query(ge=1, le=service.HISTORY_PAGE_MAX)] = service.HISTORY_PAGE_DEFAULT,
+    cursor: Annotated[str | None, Query(pattern=service.CURSOR_PATTERN)] = None,
+) -> service.History:
+    if fleet.registry.get(api_key) is None:  # a removed account's item is kept: its history stays readable
+        raise RegistryError(f"no account {api_key} in the fleet", kind="not_found")
+    return service.read_history_of(api_key, tables.history_table, days, limit=limit, cursor=cursor)
 
 
 @app.exception_handler(RequestValidationError)

@@ -66,6 +66,16 @@ def problem_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
             ),
             headers,
         )
+    from .registry import RegistryError
+
+    if isinstance(exc, RegistryError):
+        status, title = {
+            "not_found": (404, "No such account"),
+            "exists": (409, "Account already in the fleet"),
+            "conflict": (409, "The account changed since it was read"),
+            "invalid": (502, "The account registry holds an item it cannot read"),
+        }[exc.kind]
+        return status, problem(status, title, exc.message), headers
     from .credentials import NotConfiguredError
 
     if isinstance(exc, NotConfiguredError):

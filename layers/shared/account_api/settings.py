@@ -307,7 +307,13 @@ def read_history(
 ) -> History:
     """The watcher's decisions (and switch changes) of the last `days` days, newest first, a page
     at a time: `nextCursor` says there is more, so nothing is cut without saying so."""
-    key = account.credentials().api_key
+    return read_history_of(account.credentials().api_key, history_table, days, limit=limit, cursor=cursor)
+
+
+def read_history_of(
+    key: str, history_table: str, days: int, *, limit: int = HISTORY_PAGE_DEFAULT, cursor: str | None = None
+) -> History:
+    """read_history for an api_key: a fleet account's, also after it was removed."""
     since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
     query: dict[str, Any] = {
         "TableName": history_table,

@@ -1,0 +1,245 @@
+"""Adding, changing and removing the fleet's accounts (the settings API's /accounts routes).
+
+Adding checks the credentials with one balance read before anything is stored (as a callback URL
+is checked before Vonage sees it), then stores them in a secret of their own under the stack's
+prefix, gives that secret the stack's rotation, and registers the account. Each step is safe to
+repeat, so an add whose answer was lost is simply sent again. The api_secret and the top-up `trx`
+are write-only: no answer, log line or error carries them.
+
+Removing stops watching the account first (the registry keeps its item, so its history stays
+explained), then schedules its secret's deletion with a recovery window; nothing is revoked at
+Vonage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from . import aws_clients, errors
+from .client import AccountClient
+from .config import model_from_environment
+from .credentials import CredentialStore, VonageAccount
+from .observability import logger
+from .problems import ApiProblem
+from .registry import API_KEY_PATTERN, AccountSettings, FleetAccount, Registry, RegistryError
+
+RECOVERY_WINDOW_DAYS = 30  # Secrets Manager's default, and its longest
+_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
+
+
+class FleetConfig(BaseModel):
+    """What the settings API needs to manage the fleet; read and validated once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accounts_table: str = Field(min_length=1)
+    secret_prefix: str = Field(min_length=1, pattern=r"^[A-Za-z0-9/_+=.@-]+/$")  # "<ServiceName>/accounts/"
+    rotation_function_arn: str = ""  # empty: the stack's rotation is off, and so is the accounts'
+    rotation_days: int = Field(default=30, ge=1, le=365)
+
+    @classmethod
+    def from_environment(cls, env: dict[str, str] | None = None) -> FleetConfig:
+        names = {
+            "accounts_table": "ACCOUNTS_TABLE",
+            "secret_prefix": "ACCOUNT_SECRET_PREFIX",
+            "rotation_function_arn": "ROTATION_FUNCTION_ARN",
+            "rotation_days": "ROTATION_DAYS",
+        }
+        return model_from_environment(cls, names, env, "fleet settings")
+
+
+class NewAccount(BaseModel):
+    """POST /accounts: the credentials (write-only) and the account's settings."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    api_key: str = Field(pattern=API_KEY_PATTERN)
+    api_secret: SecretStr = Field(min_length=1, max_length=128)
+    topup_trx: SecretStr | None = Field(default=None, min_length=1, max_length=128)
+    settings: AccountSettings = AccountSettings()
+
+    @field_validator("api_secret", "topup_trx")
+    @classmethod
+    def _printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:
+        # what Vonage issues; HTTP Basic auth could not carry anything else (and the error must not echo it)
+        if value is not None and not _PRINTABLE_ASCII.match(value.get_secret_value()):
+            raise ValueError("must be printable ASCII characters without spaces")
+        return value
+
+
+class AccountChange(BaseModel):
+    """PUT /accounts/{api_key}: the settings as they should be (absent ones: the stack's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: AccountSettings
+    expected_version: int | None = Field(
+        default=None, ge=1, description="The version you read: refused with 409 if it changed since"
+    )
+
+
+class AccountView(BaseModel):
+    """An account as the API shows it: never a credential."""
+
+    api_key: str
+    label: str
+    watched: bool
+    settings: AccountSettings
+    version: int
+    created_at: str
+    removed_at: str | None = None
+    secret_arn: str
+    rotation_enabled: bool | None = None
+    secret_deletion_date: str | None = None
+
+    @classmethod
+    def of(cls, account: FleetAccount, **extra: Any) -> AccountView:
+        return cls(
+            api_key=account.api_key,
+            label=account.label,
+            watched=account.watched,
+            settings=account.settings,
+            version=account.version,
+            created_at=account.created_at,
+            removed_at=account.removed_at,
+            secret_arn=account.secret_arn,
+            **extra,
+        )
+
+
+class AccountList(BaseModel):
+    accounts: list[AccountView]
+
+
+class Fleet:
+    """The fleet as the settings API manages it; `template` gives the Vonage servers and options."""
+
+    def __init__(self, config: FleetConfig, template: VonageAccount) -> None:
+        self.config = config
+        self.template = template
+        self.registry = Registry(config.accounts_table)
+
+    @property
+    def _sm(self) -> Any:
+        return aws_clients.client("secretsmanager")
+
+    def list(self, *, removed_too: bool = False) -> AccountList:
+        accounts = self.registry.accounts()
+        return AccountList(accounts=[AccountView.of(a) for a in accounts if removed_too or a.removed_at is None])
+
+    def get(self, api_key: str) -> FleetAccount:
+        account = self.registry.get(api_key)
+        if account is None or account.removed_at is not None:
+            raise RegistryError(f"no account {api_key} in the fleet", kind="not_found")
+        return account
+
+    def show(self, api_key: str) -> AccountView:
+        account = self.get(api_key)
+        described = self._sm.describe_secret(SecretId=account.secret_arn)
+        return AccountView.of(account, rotation_enabled=bool(described.get("RotationEnabled")))
+
+    def vonage(self, api_key: str) -> VonageAccount:
+        """The Account API through this account's own secret (for its balance, callbacks, history)."""
+        return VonageAccount(
+            CredentialStore(self.get(api_key).secret_arn),
+            rest_base_url=self.template.rest_base_url,
+            api_base_url=self.template.api_base_url,
+            options=self.template.options,
+        )
+
+    def add(self, new: NewAccount) -> AccountView:
+        existing = self.registry.get(new.api_key)
+        if existing is not None and existing.removed_at is None:
+            # also an add retried after its answer was lost: it is done, and GET shows it; new
+            # credentials for an account of the fleet come by rotation, never by a second add
+            raise RegistryError(f"the account {new.api_key} is already in the fleet", kind="exists")
+        self._check_credentials(new)
+        arn = self._store_credentials(new)
+        rotation = self._configure_rotation(arn)
+        account = self.registry.add(new.api_key, arn, new.settings)
+        logger.info("fleet account added", account=new.api_key, rotation=rotation)
+        return AccountView.of(account, rotation_enabled=rotation)
+
+    def change(self, api_key: str, change: AccountChange) -> AccountView:
+        account = self.registry.update(api_key, change.settings, expected_version=change.expected_version)
+        logger.info("fleet account changed", account=api_key, version=account.version)
+        return AccountView.of(account)
+
+    def remove(self, api_key: str) -> AccountView:
+        account = self.registry.remove(api_key)  # first: a removal that dies here has stopped the watching
+        deletion = self._schedule_secret_deletion(account.secret_arn)
+        logger.info("fleet account removed", account=api_key, secret_deletion_date=deletion)
+        return AccountView.of(account, secret_deletion_date=deletion)
+
+    # -- the steps of an add and a remove, each safe to repeat -----------------------------------
+
+    def _check_credentials(self, new: NewAccount) -> None:
+        client = AccountClient(
+            api_key=new.api_key,
+            api_secret=new.api_secret,
+            rest_base_url=self.template.rest_base_url,
+            api_base_url=self.template.api_base_url,
+            options=self.template.options,
+        )
+        try:
+            client.get_account_balance()
+        except errors.AuthenticationError:
+            raise ApiProblem(
+                422,
+                "Vonage refused these credentials",
+                "A balance read with this api_key and api_secret was answered 401: nothing was stored.",
+                invalid_params=[{"name": "api_secret", "reason": "Vonage refused it for this api_key"}],
+            ) from None
+        finally:
+            client.close()
+
+    def _store_credentials(self, new: NewAccount) -> str:
+        value: dict[str, str] = {"api_key": new.api_key, "api_secret": new.api_secret.get_secret_value()}
+        if new.topup_trx is not None:
+            value["topup_trx"] = new.topup_trx.get_secret_value()
+        name = f"{self.config.secret_prefix}{new.api_key}"
+        sm = self._sm
+        try:
+            created = sm.create_secret(
+                Name=name,
+                SecretString=json.dumps(value),
+                Description=f"Vonage API credentials of the fleet account {new.api_key} (account-ops)",
+            )
+            return str(created["ARN"])
+        except (sm.exceptions.ResourceExistsException, sm.exceptions.InvalidRequestException):
+            # an add retried, or an account removed and added again: its secret is reused (Secrets
+            # Manager answers InvalidRequest for a name whose secret is scheduled for deletion)
+            pass
+        described = sm.describe_secret(SecretId=name)
+        if described.get("DeletedDate"):
+            sm.restore_secret(SecretId=name)
+        sm.put_secret_value(SecretId=name, SecretString=json.dumps(value))
+        return str(described["ARN"])
+
+    def _configure_rotation(self, secret_arn: str) -> bool:
+        if not self.config.rotation_function_arn:
+            return False
+        # RotateImmediately=false: the schedule is set and the configuration tested; no new secret
+        # is created at Vonage until the first scheduled rotation (or a rotate-now)
+        self._sm.rotate_secret(
+            SecretId=secret_arn,
+            RotationLambdaARN=self.config.rotation_function_arn,
+            RotationRules={"AutomaticallyAfterDays": self.config.rotation_days},
+            RotateImmediately=False,
+        )
+        return True
+
+    def _schedule_secret_deletion(self, secret_arn: str) -> str | None:
+        sm = self._sm
+        try:
+            answer = sm.delete_secret(SecretId=secret_arn, RecoveryWindowInDays=RECOVERY_WINDOW_DAYS)
+        except sm.exceptions.InvalidRequestException:  # already scheduled: this removal, repeated
+            answer = sm.describe_secret(SecretId=secret_arn)
+        except sm.exceptions.ResourceNotFoundException:
+            return None
+        deleted = answer.get("DeletionDate") or answer.get("DeletedDate")
+        return deleted.strftime("%Y-%m-%dT%H:%M:%SZ") if deleted else None
