@@ -178,8 +178,14 @@ def _alarms(target: Target) -> o.Alarms:
     return o.Alarms(count=len(alarms), inAlarm=[a["AlarmName"] for a in alarms if a["StateValue"] == "ALARM"])
 
 
+def _of(args: argparse.Namespace, path: str) -> str:
+    """A single-account route, for one account of the fleet with --account KEY."""
+    account = getattr(args, "account", None)
+    return f"/accounts/{account}{path}" if account else path
+
+
 def settings_get(target: Target, args: argparse.Namespace) -> Result:
-    answer = target.call("GET", "/settings")
+    answer = target.call("GET", _of(args, "/settings"))
     if not answer.json_ok:
         return Result(o.Settings(), [], Exit.FAILED, _problem(answer, "settings"))
     model = o.Settings.model_validate(answer.body)
@@ -188,7 +194,7 @@ def settings_get(target: Target, args: argparse.Namespace) -> Result:
 
 def settings_set(target: Target, args: argparse.Namespace) -> Result:
     change = {k: v for k, v in (("moCallbackUrl", args.mo), ("drCallbackUrl", args.dr)) if v is not None}
-    answer = target.call("PUT", "/settings", change)
+    answer = target.call("PUT", _of(args, "/settings"), change)
     body = answer.body if isinstance(answer.body, dict) else {}
     checks = body.get("checks") or {}
     lines = [
@@ -210,7 +216,7 @@ def settings_set(target: Target, args: argparse.Namespace) -> Result:
 
 
 def rotate(target: Target, args: argparse.Namespace, say: Callable[[str], None]) -> Result:
-    started = target.call("POST", "/secrets/rotate")
+    started = target.call("POST", _of(args, "/secrets/rotate"))
     if not started.json_ok:
         return Result(
             o.Rotation(state="failed", versionId=None), [], Exit.FAILED, _problem(started, "rotation not started")
@@ -224,7 +230,7 @@ def rotate(target: Target, args: argparse.Namespace, say: Callable[[str], None])
         say(first)
         deadline, said = time.monotonic() + args.timeout, ""
         while time.monotonic() < deadline:
-            state = target.call("GET", "/rotation")
+            state = target.call("GET", _of(args, "/rotation"))
             if not state.json_ok:
                 return Result(
                     o.Rotation(state="still_in_progress", versionId=version),
@@ -272,7 +278,7 @@ def history(target: Target, args: argparse.Namespace) -> Result:
     decisions: list[dict[str, Any]] = []
     query = {"days": str(args.days), "limit": "500"}
     while True:  # every page: nothing cut without saying so
-        answer = target.call("GET", "/history", query=query)
+        answer = target.call("GET", _of(args, "/history"), query=query)
         if not answer.json_ok or not isinstance(answer.body.get("decisions"), list):
             return Result(
                 o.History(days=args.days, count=0, decisions=[]), [], Exit.FAILED, _problem(answer, "history")
@@ -289,6 +295,93 @@ def history(target: Target, args: argparse.Namespace) -> Result:
         )
     lines.append(f"{len(decisions)} decisions in the last {args.days} days")
     return Result(o.History(days=args.days, count=len(decisions), decisions=decisions), lines)
+
+
+def accounts_list(target: Target, args: argparse.Namespace) -> Result:
+    answer = target.call("GET", "/accounts", query={"removed": "true"} if args.removed else None)
+    if not answer.json_ok or not isinstance(answer.body.get("accounts"), list):
+        return Result(o.Accounts(count=0, accounts=[]), [], Exit.FAILED, _problem(answer, "accounts"))
+    accounts = [o.Account.model_validate(a) for a in answer.body["accounts"]]
+    lines = [f"{'api_key':<12} {'watched':<8} {'top-ups':<8} {'threshold':>9}  name"]
+    for a in accounts:
+        mode = a.settings.get("topup_mode") or "stack's"
+        threshold = a.settings.get("threshold_eur")
+        watched = "removed" if getattr(a, "removed_at", None) else ("yes" if a.watched else "no")
+        lines.append(
+            f"{a.api_key:<12} {watched:<8} {mode:<8} {threshold if threshold is not None else 'stack':>9}  "
+            f"{a.settings.get('name') or ''}"
+        )
+    lines.append(f"{len(accounts)} accounts besides the stack's own")
+    return Result(o.Accounts(count=len(accounts), accounts=accounts), lines)
+
+
+def accounts_show(target: Target, args: argparse.Namespace) -> Result:
+    answer = target.call("GET", f"/accounts/{args.api_key}")
+    if not answer.json_ok:
+        return Result(
+            o.Account(api_key=args.api_key, label="", watched=False, settings={}, version=0),
+            [],
+            Exit.FAILED,
+            _problem(answer, f"account {args.api_key}"),
+        )
+    account = o.Account.model_validate(answer.body)
+    return Result(account, json.dumps(answer.body, indent=2).splitlines())
+
+
+def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    given = {
+        "name": args.name,
+        "threshold_eur": args.threshold,
+        "topup_mode": args.topup_mode,
+        "daily_topup_cap": args.daily_cap,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _account_change(answer: ApiAnswer, what: str, done: str) -> Result:
+    if answer.json_ok:
+        account = o.Account.model_validate(answer.body)
+        return Result(o.AccountChange(done=True, account=account, problem=None), [f"{done}: {account.label}"])
+    body = answer.body if isinstance(answer.body, dict) else {"detail": answer.body}
+    return Result(o.AccountChange(done=False, account=None, problem=body), [], Exit.FAILED, _problem(answer, what))
+
+
+def accounts_add(target: Target, args: argparse.Namespace) -> Result:
+    secret = os.environ.get(API_SECRET_VARIABLE, "")
+    if not secret:
+        raise CliError(
+            Exit.USAGE,
+            f"accounts add: put the account's api_secret in the environment variable {API_SECRET_VARIABLE} "
+            "(never on the command line, where ps and shell history would keep it)",
+        )
+    body: dict[str, Any] = {"api_key": args.api_key, "api_secret": secret, "settings": _settings_of(args)}
+    if os.environ.get(TOPUP_TRX_VARIABLE):
+        body["topup_trx"] = os.environ[TOPUP_TRX_VARIABLE]
+    answer = target.call("POST", "/accounts", body)
+    return _account_change(answer, f"account {args.api_key} not added", "added (credentials checked, stored, rotated)")
+
+
+def accounts_set(target: Target, args: argparse.Namespace) -> Result:
+    current = target.call("GET", f"/accounts/{args.api_key}")
+    if not current.json_ok:
+        return _account_change(current, f"account {args.api_key}", "")
+    settings = {**current.body.get("settings", {}), **_settings_of(args)}
+    if args.enabled is not None:
+        settings["enabled"] = args.enabled
+    change = {"settings": settings, "expected_version": current.body.get("version")}
+    answer = target.call("PUT", f"/accounts/{args.api_key}", change)
+    return _account_change(answer, f"account {args.api_key} not changed", "changed")
+
+
+def accounts_remove(target: Target, args: argparse.Namespace) -> Result:
+    answer = target.call("DELETE", f"/accounts/{args.api_key}")
+    result = _account_change(answer, f"account {args.api_key} not removed", "removed (history kept)")
+    if answer.json_ok and answer.body.get("secret_deletion_date"):
+        result.lines.append(
+            f"its secret is scheduled for deletion on {answer.body['secret_deletion_date']} "
+            "(restore it with `aws secretsmanager restore-secret` until then); nothing was revoked at Vonage"
+        )
+    return result
 
 
 def pause(target: Target, args: argparse.Namespace) -> Result:
@@ -440,6 +533,47 @@ def _days(text: str) -> int:
     return int(text)
 
 
+API_SECRET_VARIABLE = "ACCOUNT_OPS_API_SECRET"  # noqa: S105 - a variable name, not a secret
+TOPUP_TRX_VARIABLE = "ACCOUNT_OPS_TOPUP_TRX"
+TOPUP_MODES = ("live", "dry_run", "off")
+
+
+def _api_key(text: str) -> str:
+    if not (4 <= len(text) <= 32 and text.isalnum() and text.isascii()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Vonage api_key (4 to 32 letters and digits)")
+    return text
+
+
+def _euros(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount in EUR") from None
+    if not 0 < value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an amount above 0 (at most 100000)")
+    return value
+
+
+def _cap(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 50:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of top-ups from 0 to 50")
+    return int(text)
+
+
+def _account_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="how alerts and logs name it")
+    parser.add_argument("--threshold", type=_euros, metavar="EUR", help="top up below this (default: the stack's)")
+    parser.add_argument("--topup-mode", choices=TOPUP_MODES, help="live, dry_run or off (default: the stack's)")
+    parser.add_argument("--daily-cap", type=_cap, metavar="N", help="top-ups a day at most (default: the stack's)")
+
+
+def _one_account(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--account", type=_api_key, metavar="KEY", help="one account of the fleet (default: the stack's own)"
+    )
+    return parser
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     """The options every command takes, before or after its name (AWS CLI style)."""
     keep = argparse.SUPPRESS  # unset unless given, so a subcommand's parse never resets the root's
@@ -500,6 +634,35 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Recorded with your IAM identity and reason.",
         "account-ops resume-topups",
     ),
+    "accounts list": (
+        "the fleet's accounts",
+        "Every account the stack watches besides its own, with its settings (never a credential).",
+        "account-ops accounts list --output json | jq -r '.accounts[].api_key'",
+    ),
+    "accounts show": (
+        "one account of the fleet",
+        "Its settings, version, secret ARN and rotation, as GET /accounts/{api_key} answers.",
+        "account-ops accounts show abcd1234",
+    ),
+    "accounts add": (
+        "add a Vonage account to the fleet",
+        f"The api_secret comes from the environment variable {API_SECRET_VARIABLE} (and the top-up "
+        f"reference, if any, from {TOPUP_TRX_VARIABLE}), never from the command line. The credentials "
+        "are checked with one balance read first: wrong ones are refused and nothing is stored.",
+        f"read -rs {API_SECRET_VARIABLE} && export {API_SECRET_VARIABLE} && "
+        "account-ops accounts add abcd1234 --name Acme --threshold 20",
+    ),
+    "accounts set": (
+        "change one account's settings",
+        "Only the options given change; refused if someone changed the account since it was read.",
+        "account-ops accounts set abcd1234 --topup-mode off",
+    ),
+    "accounts remove": (
+        "stop watching and rotating one account",
+        "Its history is kept; its secret is scheduled for deletion with a 30-day recovery window; "
+        "nothing is revoked at Vonage.",
+        "account-ops accounts remove abcd1234",
+    ),
     "smoke": (
         "once after `sam deploy`: is everything wired?",
         "Every read route answers, the watcher runs once in dry run, every alarm has an action, and the "
@@ -537,19 +700,38 @@ def parser() -> argparse.ArgumentParser:
     settings = commands.add_parser("settings", help="the callback URLs (get, set)", description="The callback URLs.")
     _common(settings)
     actions = settings.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _command(actions, "settings get", settings_get)
-    change = _command(actions, "settings set", settings_set)
+    _one_account(_command(actions, "settings get", settings_get))
+    change = _one_account(_command(actions, "settings set", settings_set))
     change.add_argument("--mo", help='inbound SMS webhook URL ("" unsets)')
     change.add_argument("--dr", help='delivery receipt webhook URL ("" unsets)')
-    rotation = _command(commands, "rotate", rotate)
+    rotation = _one_account(_command(commands, "rotate", rotate))
     rotation.add_argument("--wait", action="store_true", help="follow it until the new secret is current")
     rotation.add_argument("--timeout", type=_positive, default=300.0, help="seconds to follow it (default 300)")
     rotation.add_argument("--interval", type=_positive, default=2.0, help=argparse.SUPPRESS)
-    decisions = _command(commands, "history", history)
+    decisions = _one_account(_command(commands, "history", history))
     decisions.add_argument("--days", type=_days, default=7, metavar="N", help="1 to 90 (default 7)")
     _command(commands, "pause-topups", pause).add_argument("--reason", help="recorded with your identity")
     _command(commands, "resume-topups", resume).add_argument("--reason", help="recorded with your identity")
     _command(commands, "smoke", smoke)
+    fleet = commands.add_parser(
+        "accounts", help="the fleet: list, show, add, set, remove", description="The fleet's accounts."
+    )
+    _common(fleet)
+    verbs = fleet.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _command(verbs, "accounts list", accounts_list).add_argument(
+        "--removed", action="store_true", help="removed accounts too (their history is kept)"
+    )
+    _command(verbs, "accounts show", accounts_show).add_argument("api_key", type=_api_key)
+    added = _command(verbs, "accounts add", accounts_add)
+    added.add_argument("api_key", type=_api_key)
+    _account_settings(added)
+    changed = _command(verbs, "accounts set", accounts_set)
+    changed.add_argument("api_key", type=_api_key)
+    _account_settings(changed)
+    switch = changed.add_mutually_exclusive_group()
+    switch.add_argument("--enable", dest="enabled", action="store_const", const=True, help="watch it again")
+    switch.add_argument("--disable", dest="enabled", action="store_const", const=False, help="stop watching it")
+    _command(verbs, "accounts remove", accounts_remove).add_argument("api_key", type=_api_key)
     return root
 
 
@@ -611,7 +793,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             raise CliError(
                 Exit.USAGE,
                 "give a command: status, settings, rotate, history, pause-topups, "
-                "resume-topups or smoke (see `account-ops --help`)",
+                "resume-topups, smoke or accounts (see `account-ops --help`)",
             )
         if args.command_name == "settings set" and args.mo is None and args.dr is None:
             raise CliError(Exit.USAGE, 'settings set: give --mo URL, --dr URL or both ("" unsets)')

@@ -93,6 +93,26 @@ class Smoke(Output):
     checks: list[Check]
 
 
+class Account(Output):
+    model_config = ConfigDict(extra="allow")  # GET /accounts/{api_key}'s body, whole (never a credential)
+    api_key: str
+    label: str
+    watched: bool
+    settings: dict[str, Any]
+    version: int
+
+
+class Accounts(Output):
+    count: int
+    accounts: list[Account]
+
+
+class AccountChange(Output):
+    done: bool
+    account: Account | None  # as the API answers after the change
+    problem: dict[str, Any] | None  # the API's problem answer when refused
+
+
 class Version(Output):
     cli: str
 
@@ -106,6 +126,11 @@ BY_COMMAND: dict[str, type[Output]] = {
     "pause-topups": TopUpSwitch,
     "resume-topups": TopUpSwitch,
     "smoke": Smoke,
+    "accounts list": Accounts,
+    "accounts show": Account,
+    "accounts add": AccountChange,
+    "accounts set": AccountChange,
+    "accounts remove": AccountChange,
 }
 
 

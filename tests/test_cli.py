@@ -513,3 +513,70 @@ def test_the_error_lines_never_carry_a_traceback_even_for_our_own_bugs(
     assert code == 1 and err == "account-ops: internal error (RuntimeError: a bug over two lines); please report it\n"
     with pytest.raises(CliError):
         cli.Parser(prog="x").parse_args(["--nope"])
+
+
+# -- the fleet ---------------------------------------------------------------------------------------
+
+
+def add_in_simulator(stack: LocalStack, key: str, secret: str, balance: float = 25.0) -> None:
+    request = urllib.request.Request(
+        f"{stack.sim.url}/_sim/accounts",
+        data=json.dumps({"api_key": key, "api_secret": secret, "balance": balance}).encode(),
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def test_accounts_add_list_set_show_remove_and_one_account_commands(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_in_simulator(stack, "cli00001", "Cli-Secret-0001", balance=31.0)
+    monkeypatch.delenv(cli.API_SECRET_VARIABLE, raising=False)
+    code, text = run(stack, monkeypatch, "accounts", "add", "cli00001")
+    assert code == 2 and cli.API_SECRET_VARIABLE in text  # never a secret on the command line
+    monkeypatch.setenv(cli.API_SECRET_VARIABLE, "Wrong-Secret-01")
+    code, out, err = run_split(stack, monkeypatch, "--local", "accounts", "add", "cli00001")
+    assert code == 1 and "Vonage refused these credentials" in err and err.count("\n") == 1, err
+    monkeypatch.setenv(cli.API_SECRET_VARIABLE, "Cli-Secret-0001")
+    code, text = run(stack, monkeypatch, "accounts", "add", "cli00001", "--name", "Acme", "--threshold", "20")
+    assert code == 0 and "added (credentials checked, stored, rotated): Acme (cli00001)" in text, text
+    assert "Cli-Secret-0001" not in text
+    code, out, _ = run_split(stack, monkeypatch, "--local", "accounts", "list", "--output", "json")
+    listed = output.Accounts.model_validate_json(out)
+    assert code == 0 and [a.api_key for a in listed.accounts] == ["cli00001"]
+    assert listed.accounts[0].settings["threshold_eur"] == 20 and "Cli-Secret-0001" not in out
+    code, text = run(stack, monkeypatch, "accounts", "set", "cli00001", "--topup-mode", "off")
+    assert code == 0 and "changed" in text, text
+    code, out, _ = run_split(stack, monkeypatch, "--local", "accounts", "show", "cli00001", "--output", "json")
+    shown = output.Account.model_validate_json(out)
+    given = {k: v for k, v in shown.settings.items() if v is not None}  # None: the stack's default
+    assert given == {"name": "Acme", "threshold_eur": 20.0, "topup_mode": "off", "enabled": True}
+    assert shown.version == 2
+    # the commands that act on one account take --account
+    code, out, _ = run_split(stack, monkeypatch, "--local", "settings", "get", "--account", "cli00001")
+    assert code == 0 and json.loads(out)["moCallbackUrl"] == ""
+    code, text = run(stack, monkeypatch, "history", "--account", "cli00001", "--days", "1")
+    assert code == 0 and "decisions in the last 1 days" in text
+    code, out, err = run_split(stack, monkeypatch, "--local", "history", "--account", "nope0001")
+    assert code == 1 and "No such account" in err and err.count("\n") == 1
+    code, text = run(stack, monkeypatch, "accounts", "remove", "cli00001")
+    assert code == 0 and "removed (history kept)" in text and "scheduled for deletion" in text, text
+    code, out, _ = run_split(stack, monkeypatch, "--local", "accounts", "list", "--output", "json")
+    assert output.Accounts.model_validate_json(out).count == 0
+    code, out, _ = run_split(stack, monkeypatch, "--local", "accounts", "list", "--removed")
+    assert "cli00001     removed" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["accounts", "show", "no!"], "argument api_key: 'no!' is not a Vonage api_key"),
+        (["accounts", "set", "abcd1234", "--topup-mode", "often"], "argument --topup-mode: invalid choice"),
+        (["accounts", "set", "abcd1234", "--threshold", "-1"], "give an amount above 0"),
+        (["accounts", "set", "abcd1234", "--daily-cap", "51"], "from 0 to 50"),
+        (["accounts"], "the following arguments are required: ACTION"),
+        (["rotate", "--account", "x"], "is not a Vonage api_key"),
+    ],
+)
+def test_accounts_usage_mistakes_are_one_line_and_exit_2(argv: list[str], expected: str) -> None:
+    one_error_line(process(*argv, "--local"), 2, expected)
