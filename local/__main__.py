@@ -71,6 +71,8 @@ def up(args: argparse.Namespace) -> int:
         webhook_port=args.webhook_port,
         tick_seconds=args.tick,
         topup_lag=args.topup_lag,
+        accounts=args.accounts,
+        fleet_concurrency=args.fleet_concurrency,
     )
     running = _already_running(STATE_FILE)
     if running:
@@ -194,6 +196,16 @@ def prepare_event(path: Path, function: str, state: dict[str, Any]) -> Path:
     return prepared
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be 0 to 1000")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local", description="account-ops on one machine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--webhook-port", type=int, default=8701, help="webhook receivers' port (default 8701)")
     p_up.add_argument("--tick", type=float, default=10.0, help="seconds between balance watcher runs")
     p_up.add_argument("--topup-lag", type=float, default=5.0, help="seconds before a top-up shows in the balance")
+    p_up.add_argument(
+        "--accounts", type=_count, default=0, help="fleet accounts to add besides the stack's own (default 0)"
+    )
+    p_up.add_argument(
+        "--fleet-concurrency", type=_count, default=5, help="fleet batches decided at once (default 5, as deployed)"
+    )
     p_up.set_defaults(run=up)
     p_demo = sub.add_parser("demo", help="run the scripted tour and exit 0 only if every step behaved")
     p_demo.set_defaults(run=demo)

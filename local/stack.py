@@ -37,12 +37,15 @@ if str(ROOT / "layers" / "shared") not in sys.path:  # the layer, as Lambda puts
 
 from local import aws_resources, rotation_trigger, webhooks  # noqa: E402
 from local import simulator as simmod  # noqa: E402
+from local.fleet_poller import FleetPoller  # noqa: E402
 
 STATE_FILE = Path(os.environ.get("ACCOUNT_OPS_LOCAL_STATE") or ROOT / ".local-stack.json")
 REGION = "eu-west-1"
 ROTATION_ARN = f"arn:aws:lambda:{REGION}:000000000000:function:account-ops-secret-rotation"
 LOCAL_IDENTITY = "arn:aws:iam::000000000000:user/local-developer"
 FUNCTIONS = ("settings_api", "balance_watcher", "secret_rotation")
+FLEET_SECRET_PREFIX = "account-ops/accounts/"  # the template's ${ServiceName}/accounts/
+FLEET_BATCH_SIZE = 5  # the template's FleetAccounts event: BatchSize
 
 
 @dataclass
@@ -56,6 +59,8 @@ class StackOptions:
     topup_lag: float = 5.0
     threshold: float = 10.0
     topup_cooldown_minutes: int = 1
+    accounts: int = 0  # fleet accounts added at start (simulator and registry), besides the stack's own
+    fleet_concurrency: int = 5  # the event source mapping's MaximumConcurrency (template: FleetMaxConcurrency)
     state_file: Path | None = STATE_FILE
     quiet: bool = False
 
@@ -277,6 +282,10 @@ class LocalStack:
             }
         )
         self.resources = aws_resources.create_resources(session, secret)
+        # a failed fleet message comes back after a second, not the template's six minutes
+        sqs = session.client("sqs")
+        for url in self.resources.queues.values():
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "1"})
         self._apply_env(
             {
                 "VONAGE_SECRET_ARN": self.resources.secret_arn,
@@ -291,6 +300,11 @@ class LocalStack:
                 "STATE_TABLE": self.resources.tables["WatcherStateTable"],
                 "HISTORY_TABLE": self.resources.tables["TopUpHistoryTable"],
                 "ALERT_TOPIC_ARN": self.resources.topic_arn,
+                "ACCOUNTS_TABLE": self.resources.tables["AccountsTable"],
+                "ACCOUNT_SECRET_PREFIX": FLEET_SECRET_PREFIX,
+                "ROTATION_FUNCTION_ARN": ROTATION_ARN,
+                "ROTATION_DAYS": "30",
+                "FLEET_QUEUE_URL": self.resources.queues["FleetQueue"],
             }
         )
         self.read_alerts = aws_resources.sqs_messages_of_topic(session, self.resources.topic_arn)
@@ -318,9 +332,47 @@ class LocalStack:
         threading.Thread(target=self.api.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         self._cleanup.append(self._stop_server(self.api))
         self.api_url = f"http://127.0.0.1:{self.api.server_address[1]}/v1"
+        watcher = self.handlers["balance_watcher"].lambda_handler
+        self.fleet_poller = FleetPoller(
+            sqs,
+            self.resources.queues["FleetQueue"],
+            lambda event: watcher(event, LambdaContext("balance_watcher")),
+            concurrency=o.fleet_concurrency,
+            batch_size=FLEET_BATCH_SIZE,
+        )
+        for i in range(o.accounts):
+            self.add_fleet_account(f"fleet{i + 1:03d}", balance=o.balance)
         threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
         self._write_state()
         return self
+
+    def add_fleet_account(self, api_key: str, *, balance: float, api_secret: str | None = None) -> dict[str, Any]:
+        """An account in the simulator, then in the fleet through the settings API's POST /accounts
+        (its credentials checked, stored under the prefix, rotated), as an operator adds one."""
+        secret = api_secret or f"Fleet-{api_key}-Secret1"
+        simmod_request = urllib.request.Request(
+            f"{self.sim.url}/_sim/accounts",
+            data=json.dumps({"api_key": api_key, "api_secret": secret, "balance": balance}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(simmod_request, timeout=10).close()
+        body = {"api_key": api_key, "api_secret": secret, "topup_trx": simmod.DEFAULT_TRX}
+        request = urllib.request.Request(
+            f"{self.api_url}/accounts",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            added: dict[str, Any] = json.loads(answer.read())
+        import boto3
+
+        # Secrets Manager's configuration test of the new rotation, which moto leaves staged
+        rotation_trigger.clear_configuration_test(
+            boto3.client("secretsmanager", region_name=REGION), added["secret_arn"]
+        )
+        return added
 
     def stop(self) -> None:
         self._stop.set()
@@ -382,6 +434,14 @@ class LocalStack:
         self.log(
             f"scheduler: balance watcher at {event['scheduledTime']} -> {result['outcome']} (balance {result.get('balance')})"
         )
+        if result.get("fleet_dispatched"):
+            # the event source mapping: batches of the queue to the watcher, `fleet_concurrency` at once
+            polled = self.fleet_poller.drain()
+            result["fleet_failed"] = polled.failed
+            self.log(
+                f"fleet: {result['fleet_dispatched']} account messages, {polled.batches} batches, "
+                f"{polled.failed} failed (retried, then the dead-letter queue)"
+            )
         return result
 
     def _scheduler(self) -> None:
@@ -421,6 +481,7 @@ account-ops local stack
   Vonage simulator             {self.sim.url}   control surface {self.sim.url}/_sim/state
   AWS (moto server)            {self.moto_url}   secret {self.resources.secret_arn}
   balance watcher              every {self.options.tick_seconds:g} s (threshold {self.options.threshold:g} EUR, top-up lag {self.options.topup_lag:g} s)
+  fleet                        {self.options.accounts} accounts besides the stack's own, {self.options.fleet_concurrency} batches at once (python -m local up --accounts N)
   webhook receivers            {self.hooks.url}/ok (answers 200)   {self.hooks.url}/missing (answers 404)
 
 Try:
@@ -431,6 +492,7 @@ Try:
   curl -s -X PUT {api}/settings -H 'Content-Type: application/json' -d '{{"drCallbackUrl": "https://169.254.169.254/latest"}}'
   curl -s -X POST {self.sim.url}/_sim/state -d '{{"balance": 3}}'      # drain: watch one top-up
   curl -s -X POST {api}/secrets/rotate && curl -s {api}/secrets
+  curl -s {api}/accounts                                              # the fleet
   .venv/bin/python -m local invoke balance_watcher -e events/balance_watcher_scheduled.json
 Ctrl-C stops everything.
 """
