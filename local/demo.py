@@ -97,7 +97,79 @@ def run(stack: LocalStack, say: Callable[[str], None] = print) -> list[Check]:
     check("new secret works", _new_secret_works(stack), "authenticated get-balance with the rotated value")
     status, balance = http("GET", f"{api}/balance")
     check("API still answers", status == 200, f"{status} {balance}")
+
+    _fleet(stack, check, say)
     return checks
+
+
+def _fleet(stack: LocalStack, check: Callable[[str, bool, str], None], say: Callable[[str], None]) -> None:
+    """One stack, many accounts: added through the API, decided on the queue, each on its own."""
+    import boto3
+
+    api, sim = stack.api_url, stack.sim.url
+    say("6. a fleet: three more accounts, one low, one whose credentials are changed behind our back")
+    accounts = {"demo0001": 25.0, "demo0002": 3.0, "demo0003": 25.0}
+    for key, balance in accounts.items():
+        http("POST", f"{sim}/_sim/accounts", {"api_key": key, "api_secret": f"Demo-Secret-{key}", "balance": balance})
+    status, refused = http("POST", f"{api}/accounts", {"api_key": "demo0001", "api_secret": "Wrong-Secret-1"})
+    stored = boto3.client("secretsmanager").list_secrets(Filters=[{"Key": "name", "Values": ["account-ops/accounts/"]}])
+    check(
+        "wrong credentials refused, nothing stored",
+        status == 422 and not stored["SecretList"],
+        f"{status} {refused.get('title')}",
+    )
+    http("DELETE", f"{sim}/_sim/requests")
+    added = []
+    for key in accounts:
+        status, body = http(
+            "POST", f"{api}/accounts", {"api_key": key, "api_secret": f"Demo-Secret-{key}", "topup_trx": "demo-trx"}
+        )
+        added.append(status == 201 and body.get("rotation_enabled") is True)
+    check("three accounts added", all(added), "credentials checked, stored under account-ops/accounts/, rotation set")
+    # someone changes demo0003's secret by hand: Vonage will refuse it (401) on every tick
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId="account-ops/accounts/demo0003",
+        SecretString=json.dumps({"api_key": "demo0003", "api_secret": "Typo-Secret-3"}),
+    )
+
+    def requests(operation: str, key: str) -> int:
+        entries = http("GET", f"{sim}/_sim/requests")[1]["requests"]
+        return len([r for r in entries if r["operation"] == operation and r["api_key"] == key])
+
+    dead = stack.resources.queues["FleetDeadLetterQueue"]
+    sqs = boto3.client("sqs")
+
+    def dead_letters() -> int:
+        attributes = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+    ticks = stack.ticks
+    wait_for(lambda: requests("topUpAccountBalance", "demo0002") >= 1 and dead_letters() >= 1, 30)
+    wait_for(lambda: stack.ticks >= ticks + 4, 10)
+    check("the low account topped up once", requests("topUpAccountBalance", "demo0002") == 1, "1 top-up for demo0002")
+    _, decided = http("GET", f"{api}/accounts/demo0001/history")
+    check(
+        "the others decided on every tick",
+        len(decided["decisions"]) >= 3,
+        f"demo0001: {len(decided['decisions'])} decisions over {stack.ticks - ticks} ticks",
+    )
+    check(
+        "the broken one fails alone, then its messages go to the dead-letter queue",
+        requests("topUpAccountBalance", "demo0003") == 0 and dead_letters() >= 1,
+        f"{dead_letters()} message(s) for FleetAccountNotEvaluatedAlarm",
+    )
+    status, listed = http("GET", f"{api}/accounts")
+    check(
+        "GET /accounts",
+        status == 200 and len(listed["accounts"]) == 3,
+        ", ".join(a["api_key"] for a in listed["accounts"]),
+    )
+    status, removed = http("DELETE", f"{api}/accounts/demo0003")
+    check(
+        "remove the broken one",
+        status == 200 and removed["secret_deletion_date"] is not None,
+        f"watching stopped, history kept, secret deletion scheduled for {removed.get('secret_deletion_date')}",
+    )
 
 
 def _new_secret_works(stack: LocalStack) -> bool:
