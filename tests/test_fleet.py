@@ -421,3 +421,56 @@ def test_the_poller_bounds_concurrency_and_leaves_failed_messages_for_the_dead_l
     assert seen.count("m7") == 2 and len(seen) == 41
     with pytest.raises(ValueError):
         FleetPoller(sqs, queue, handler, concurrency=0)
+
+
+def test_a_fleet_accounts_rotated_secret_is_seen_through_the_long_credentials_cache(fleet: Fleet) -> None:
+    """The watcher keeps a fleet account's secret for an hour (FLEET_CREDENTIALS_CACHE_SECONDS);
+    a rotation in between is seen at the first 401, and the decision is not lost."""
+    from account_api import AccountClient
+
+    fleet.add("rot00001")
+    fleet.scheduled(tick())
+    assert fleet.process(fleet.receive()) == []  # the secret is now cached in the watcher
+    urls = {"rest_base_url": fleet.sim.url, "api_base_url": fleet.sim.url}
+    old = AccountClient(api_key="rot00001", api_secret="Fleet-rot00001-Secret1", **urls)
+    [old_id] = [s.id for s in old.retrieve_api_secrets()]
+    old.create_api_secret("Rotated-Secret-2")
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId="account-ops/accounts/rot00001",
+        SecretString=vonage_secret_value(api_key="rot00001", api_secret="Rotated-Secret-2", topup_trx="x"),
+    )
+    AccountClient(api_key="rot00001", api_secret="Rotated-Secret-2", **urls).revoke_api_secret(old_id)
+    fleet.scheduled(tick(5))
+    assert fleet.process(fleet.receive()) == []
+    assert [r["outcome"] for r in fleet.history("rot00001")] == ["ok", "ok"]
+
+
+def test_a_batchs_accounts_are_decided_at_the_same_time(fleet: Fleet) -> None:
+    """Each balance read of a batch of five reaches Vonage before any of them is answered: a slow
+    account holds the others of its batch back by nothing (not the sum of their latencies)."""
+    keys = [f"slow{i:04d}" for i in range(5)]
+    for key in keys:
+        fleet.add(key, latency=0.6)  # under the client's 1 s read timeout
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    records = fleet.receive()
+    answer = fleet.watcher.process_sqs_batch({"Records": records}, LambdaContext("watcher"))
+    assert answer == {"batchItemFailures": []}
+    arrivals = [r["time"] for r in fleet.sim.requests("getAccountBalance") if r["api_key"] in keys]
+    assert len(arrivals) == 5
+    assert max(arrivals) - min(arrivals) < 0.6  # the last one asked before the first was answered
+    for key in keys:
+        assert [r["outcome"] for r in fleet.history(key)] == ["ok"], key
+
+
+def test_metrics_added_from_many_threads_at_once_are_all_counted() -> None:
+    metrics.clear_metrics()
+    threads = [
+        threading.Thread(target=lambda: metrics.add_metric(name="ThreadedCount", unit="Count", value=1))
+        for _ in range(50)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(metrics.metric_set["ThreadedCount"]["Value"]) == 50
+    metrics.clear_metrics()
