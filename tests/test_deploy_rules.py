@@ -106,7 +106,11 @@ def shared_metric_namespace(d: Deployment) -> list[str]:
     return problems
 
 
-ADOPTABLE = {"VonageSecret": "ExistingVonageSecretArn", "TopUpHistoryTable": "ExistingHistoryTableName"}
+ADOPTABLE = {
+    "VonageSecret": "ExistingVonageSecretArn",
+    "TopUpHistoryTable": "ExistingHistoryTableName",
+    "AccountsTable": "ExistingAccountsTableName",
+}
 
 
 def kept_but_never_blocking_a_retry(d: Deployment) -> list[str]:
@@ -115,6 +119,8 @@ def kept_but_never_blocking_a_retry(d: Deployment) -> list[str]:
     "already exists"), and a later deploy must be able to adopt the kept ones."""
     problems = []
     for name, parameter in ADOPTABLE.items():
+        if name not in d.template["Resources"]:  # an older template, before the fleet
+            continue
         resource = d.template["Resources"][name]
         if resource.get("DeletionPolicy") != "RetainExceptOnCreate" or resource.get("UpdateReplacePolicy") != "Retain":
             problems.append(f"{name}: DeletionPolicy {resource.get('DeletionPolicy')}, not RetainExceptOnCreate")

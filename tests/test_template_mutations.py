@@ -374,6 +374,9 @@ MUTATIONS: dict[str, Callable[[str], str]] = {
         "TopUpNeedsAttentionAlarm:", "Namespace: !Sub AccountOps/${AWS::StackName}", "Namespace: AccountOps"
     ),
     # the fleet
+    "fleet registry deleted with the stack": _in_block(
+        "  AccountsTable:", "DeletionPolicy: RetainExceptOnCreate", "DeletionPolicy: Delete"
+    ),
     "fleet secrets read under another prefix": _in_block(
         "Sid: FleetAccountCredentials", "${ServiceName}/accounts/*", "${ServiceName}/account/*"
     ),
