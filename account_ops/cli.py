@@ -63,12 +63,16 @@ def status(target: Target, args: argparse.Namespace) -> Result:
         return None
 
     version = read("/version", "release")
-    balance = read("/balance", "balance")
-    switch = read("/topups", "the top-up switch")
-    settings = read("/settings", "callback URLs")
-    secrets = read("/secrets", "secrets")
-    rotation = read("/rotation", "rotation")
-    history = read("/history", "last runs", {"days": "1", "limit": "5"})
+    one = read(f"/accounts/{args.account}", f"account {args.account}") if args.account else None
+    if args.account and one is None:  # an unknown account: nothing else of it can be read
+        raise CliError(Exit.FAILED, problems[0])
+    fleet = None if args.account else read("/accounts", "the fleet's accounts")
+    balance = read(_of(args, "/balance"), "balance")
+    switch = read("/topups", "the top-up switch")  # the whole fleet's
+    settings = read(_of(args, "/settings"), "callback URLs")
+    secrets = read(_of(args, "/secrets"), "secrets")
+    rotation = read(_of(args, "/rotation"), "rotation")
+    history = read(_of(args, "/history"), "last runs", {"days": "1", "limit": "5"})
     try:
         alarms = None if target.local else _alarms(target)
     except CliError as exc:
@@ -84,11 +88,15 @@ def status(target: Target, args: argparse.Namespace) -> Result:
             reason=switch.get("reason"),
         )
     else:
-        dry = target.parameters.get("DryRun") == "true"
-        topups = o.TopUps(state="dry_run" if dry else "live", changedBy=switch.get("changedBy"))
+        mode = (one or {}).get("settings", {}).get("topup_mode")
+        dry = target.parameters.get("DryRun") == "true" or mode == "dry_run"
+        state = "off" if mode == "off" else "dry_run" if dry else "live"
+        topups = o.TopUps(state=state, changedBy=switch.get("changedBy"))
     model = o.Status(
         stack=target.name,
         region=target.region,
+        account=one.get("label") if one else None,
+        fleet=len(fleet["accounts"]) if fleet and isinstance(fleet.get("accounts"), list) else None,
         release=version.get("version") if version else None,
         balance=o.Balance(**{k: balance[k] for k in ("value", "currency", "autoReload")}) if balance else None,
         topups=topups,
@@ -118,10 +126,15 @@ def _status_lines(s: o.Status, *, local: bool) -> list[str]:
     mode = {
         "live": "live",
         "dry_run": "dry run (decides and alerts, never tops up)",
+        "off": "off for this account (its top-up mode): watched and alerted, never topped up",
         "paused": f"PAUSED by {t.changedBy} at {t.changedAt}: {t.reason or '-'}",
         "unknown": "UNKNOWN: the top-up switch could not be read",
     }[t.state]
     lines = [f"account-ops status: {s.stack} ({s.region})", f"  release        {or_unknown(s.release)}"]
+    if s.account:
+        lines.append(f"  account        {s.account}, of the fleet")
+    elif s.fleet is not None:
+        lines.append(f"  fleet          the stack's own account and {s.fleet} more (account-ops accounts list)")
     if s.balance:
         reload = "on" if s.balance.autoReload else "OFF (top-ups would be refused)"
         lines.append(f"  balance        {s.balance.value:.2f} {s.balance.currency}, auto-reload {reload}")
@@ -696,7 +709,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="store_true", help="print the CLI's version and exit")
     _common(root)
     commands = root.add_subparsers(dest="command", metavar="COMMAND")
-    _command(commands, "status", status)
+    _one_account(_command(commands, "status", status))
     settings = commands.add_parser("settings", help="the callback URLs (get, set)", description="The callback URLs.")
     _common(settings)
     actions = settings.add_subparsers(dest="action", metavar="ACTION", required=True)

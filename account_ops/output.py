@@ -25,7 +25,7 @@ class Balance(Output):
 
 
 class TopUps(Output):
-    state: Literal["live", "dry_run", "paused", "unknown"]
+    state: Literal["live", "dry_run", "off", "paused", "unknown"]  # off: a fleet account's own topup_mode
     changedBy: str | None = None
     changedAt: str | None = None
     reason: str | None = None
@@ -45,6 +45,8 @@ class Alarms(Output):
 class Status(Output):
     stack: str
     region: str
+    account: str | None = None  # with --account: that fleet account's label; None: the stack's own
+    fleet: int | None = None  # accounts besides the stack's own (without --account), None if unreadable
     release: str | None
     balance: Balance | None
     topups: TopUps

@@ -183,6 +183,8 @@ def test_the_single_account_routes_act_on_one_account_of_the_fleet(
     internal = {"drCallbackUrl": "https://169.254.169.254/latest"}
     status, _, refused = call(api, request("PUT", "/accounts/acme0001/settings", internal))
     assert status == 422 and sim.account("acme0001")["dr_callback_url"] == "", refused
+    status, _, secrets = call(api, request("GET", "/accounts/acme0001/secrets"))
+    assert status == 200 and [s["id"] for s in secrets["secrets"]] == sim.account("acme0001")["secret_ids"]
     status, _, state = call(api, request("GET", "/accounts/acme0001/rotation"))
     assert status == 200 and state["rotationEnabled"] is False
     for path in ("/accounts/nope0001/balance", "/accounts/nope0001/settings", "/accounts/nope0001/history"):

@@ -555,6 +555,19 @@ def test_accounts_add_list_set_show_remove_and_one_account_commands(
     # the commands that act on one account take --account
     code, out, _ = run_split(stack, monkeypatch, "--local", "settings", "get", "--account", "cli00001")
     assert code == 0 and json.loads(out)["moCallbackUrl"] == ""
+    code, text = run(stack, monkeypatch, "status", "--account", "cli00001")
+    assert code == 0, text
+    for expected in (
+        "account        Acme (cli00001), of the fleet",
+        "balance        31.00 EUR",
+        "top-ups        off for this account",
+        "  secret         ",  # which one is current is known from its first rotation on
+    ):
+        assert expected in text, (expected, text)
+    code, text = run(stack, monkeypatch, "status")
+    assert code == 0 and "fleet          the stack's own account and 1 more" in text, text
+    code, out, err = run_split(stack, monkeypatch, "--local", "status", "--account", "nope0001")
+    assert code == 1 and "No such account" in err and err.count("\n") == 1, err
     code, text = run(stack, monkeypatch, "history", "--account", "cli00001", "--days", "1")
     assert code == 0 and "decisions in the last 1 days" in text
     code, out, err = run_split(stack, monkeypatch, "--local", "history", "--account", "nope0001")

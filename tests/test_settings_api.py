@@ -584,6 +584,7 @@ def test_openapi_document_describes_the_api_as_it_answers() -> None:
         ("PUT", "/accounts/{api_key}"): [200, 400, 404, 409, 413, 415, 422, *upstream],
         ("DELETE", "/accounts/{api_key}"): [200, 404, 422, *upstream],
         ("GET", "/accounts/{api_key}/balance"): [200, 404, 422, *upstream],
+        ("GET", "/accounts/{api_key}/secrets"): [200, 404, 422, *upstream],
         ("GET", "/accounts/{api_key}/settings"): [200, 404, 422, *upstream],
         ("PUT", "/accounts/{api_key}/settings"): [200, 400, 404, 413, 415, 422, *upstream],
         ("GET", "/accounts/{api_key}/rotation"): [200, 404, 422, *upstream],

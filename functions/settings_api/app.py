@@ -43,6 +43,7 @@ ROUTES = {  # path pattern -> allowed methods; the first pattern that matches de
     r"/accounts": {"GET", "POST"},
     r"/accounts/[^/]+": {"GET", "PUT", "DELETE"},
     r"/accounts/[^/]+/balance": {"GET"},
+    r"/accounts/[^/]+/secrets": {"GET"},
     r"/accounts/[^/]+/settings": {"GET", "PUT"},
     r"/accounts/[^/]+/rotation": {"GET"},
     r"/accounts/[^/]+/secrets/rotate": {"POST"},
@@ -236,6 +237,18 @@ def remove_account(api_key: ApiKey) -> AccountView:
 @_route("GET", "/accounts/<api_key>/balance", 404, 422, *UPSTREAM, success=(200, "The balance", service.BalanceView))
 def get_account_balance(api_key: ApiKey) -> service.BalanceView:
     return service.read_balance(fleet.vonage(api_key))
+
+
+@_route(
+    "GET",
+    "/accounts/<api_key>/secrets",
+    404,
+    422,
+    *UPSTREAM,
+    success=(200, "Ids and creation times", service.SecretsView),
+)
+def get_account_secrets(api_key: ApiKey) -> service.SecretsView:
+    return service.list_secrets(fleet.vonage(api_key))
 
 
 @_route("GET", "/accounts/<api_key>/settings", 404, 422, *UPSTREAM, success=(200, "Callbacks", service.SettingsView))
