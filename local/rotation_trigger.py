@@ -31,8 +31,9 @@ def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False)
     """Route moto Lambda invocations of the given function ARNs to callables; returns an undo.
 
     With refuse_while_pending, RotateSecret on a secret whose last rotation did not complete (a
-    version still AWSPENDING) is refused, as Secrets Manager refuses it (moto starts another). The
-    local stack turns it on; the rotation tests drive Secrets Manager's retries themselves."""
+    version still AWSPENDING) is refused, as Secrets Manager refuses it (moto starts another), and
+    a configuration test (RotateImmediately=false) leaves nothing staged, as in Secrets Manager.
+    The local stack turns it on; the rotation tests drive Secrets Manager's retries themselves."""
     from moto.awslambda.models import LambdaBackend
     from moto.secretsmanager.exceptions import InvalidRequestException
     from moto.secretsmanager.models import SecretsManagerBackend
@@ -60,9 +61,17 @@ def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False)
         with _rotating_lock:
             _rotating.add(key)
         try:
-            return original_rotate(
+            answer = original_rotate(
                 self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
             )
+            if refuse_while_pending and not rotate_immediately and secret is not None:
+                # Secrets Manager's configuration test leaves nothing staged; moto leaves its copy
+                # AWSPENDING, and every later rotation would be refused as "not complete"
+                for version in secret.versions.values():
+                    stages = version.get("version_stages", [])
+                    if "AWSPENDING" in stages and "AWSCURRENT" not in stages:
+                        stages.remove("AWSPENDING")
+            return answer
         finally:
             with _rotating_lock:
                 _rotating.discard(key)

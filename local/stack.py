@@ -366,12 +366,6 @@ class LocalStack:
         )
         with urllib.request.urlopen(request, timeout=30) as answer:
             added: dict[str, Any] = json.loads(answer.read())
-        import boto3
-
-        # Secrets Manager's configuration test of the new rotation, which moto leaves staged
-        rotation_trigger.clear_configuration_test(
-            boto3.client("secretsmanager", region_name=REGION), added["secret_arn"]
-        )
         return added
 
     def stop(self) -> None:

@@ -564,6 +564,10 @@ def test_accounts_add_list_set_show_remove_and_one_account_commands(
         "  secret         ",  # which one is current is known from its first rotation on
     ):
         assert expected in text, (expected, text)
+    code, text = run(stack, monkeypatch, "rotate", "--account", "cli00001", "--wait", "--timeout", "60")
+    assert code == 0 and "done: the new secret is AWSCURRENT" in text, text
+    code, text = run(stack, monkeypatch, "status", "--account", "cli00001")
+    assert "(current)" in text and "rotation       on, idle" in text, text  # its secret id known from now on
     code, text = run(stack, monkeypatch, "status")
     assert code == 0 and "fleet          the stack's own account and 1 more" in text, text
     code, out, err = run_split(stack, monkeypatch, "--local", "status", "--account", "nope0001")

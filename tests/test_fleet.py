@@ -17,7 +17,15 @@ import pytest
 from account_api import ClientOptions, VonageAccount
 from account_api.balance import Alerts, BalanceWatcher, Outcome, ScheduledRun, WatcherSettings, WatcherStore
 from account_api.credentials import CredentialStore
-from account_api.fleet import DispatchError, FleetSettings, Tick, TickMessage, account_settings, dispatch
+from account_api.fleet import (
+    DispatchError,
+    FleetSettings,
+    FleetWatcher,
+    Tick,
+    TickMessage,
+    account_settings,
+    dispatch,
+)
 from account_api.observability import metrics
 from account_api.registry import AccountSettings, FleetAccount, Registry, RegistryError, TopUpMode
 from local import aws_resources
@@ -474,3 +482,61 @@ def test_metrics_added_from_many_threads_at_once_are_all_counted() -> None:
         t.join()
     assert len(metrics.metric_set["ThreadedCount"]["Value"]) == 50
     metrics.clear_metrics()
+
+
+class ProcessDied(BaseException):
+    """The watcher's process died right after a call took effect: no except clause runs."""
+
+
+def test_a_watcher_killed_after_taking_a_fleet_accounts_lease_never_tops_up_twice(fleet: Fleet) -> None:
+    import time
+
+    from account_api import aws_clients
+
+    fleet.add("kill0001", balance=3.0)
+    fleet.add("calm0002", balance=3.0)
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    records = fleet.receive()
+
+    sent: dict[str, Any] = {}
+
+    def remember(params: dict[str, Any], **_: Any) -> None:
+        sent["pk"] = params.get("Item", {}).get("pk", {}).get("S")
+
+    def die_after_the_lease(**_: Any) -> None:  # the lease is written: then the process dies
+        if sent.get("pk") == "lease#kill0001":
+            raise ProcessDied
+
+    ddb = aws_clients.client("dynamodb")
+    ddb.meta.events.register("before-parameter-build.dynamodb.PutItem", remember)
+    ddb.meta.events.register("after-call.dynamodb.PutItem", die_after_the_lease)
+    [killed] = [r for r in records if json.loads(r["body"])["account"] == "kill0001"]
+    with pytest.raises(ProcessDied):
+        fleet.watcher.evaluate(TickMessage.model_validate_json(killed["body"]))
+    aws_clients.reset()  # a new process: new clients, no hook, nothing cached
+    assert fleet.topups("kill0001") == 0
+
+    # SQS hands the message back after its visibility timeout (360 s): a new watcher decides it,
+    # and the other account of the tick is decided as usual
+    # and the other account of the tick is decided as usual. The killed one's lease says a top-up
+    # may have been under way: never a second one blind; unknown, recorded and alerted
+    later = time.time() + 400
+    revived = FleetWatcher.for_stack(fleet.watcher.stack_watcher, REGISTRY_TABLE)
+    outcomes = {}
+    for record in records:
+        message = TickMessage.model_validate_json(record["body"])
+        result = revived.evaluate(message, now=later)
+        assert result is not None
+        outcomes[message.account] = str(result.outcome)
+    assert outcomes == {"kill0001": "topup_unknown", "calm0002": "topup_succeeded"}
+    assert fleet.topups("kill0001") == 0 and fleet.topups("calm0002") == 1
+    assert [r["outcome"] for r in fleet.history("kill0001")] == ["topup_unknown"]
+    for record in records:  # a third delivery changes nothing
+        result = revived.evaluate(TickMessage.model_validate_json(record["body"]), now=later + 10)
+        assert result is not None and str(result.outcome) == "duplicate"
+    # once the lease's cooldown is over, a later tick tops the still-low account up, once
+    after_cooldown = later + fleet.settings.topup_cooldown_minutes * 60 + 60
+    for minutes in (60, 65):
+        message = TickMessage(account="kill0001", scheduled_time=tick(minutes).key)
+        revived.evaluate(message, now=after_cooldown + minutes)
+    assert fleet.topups("kill0001") == 1
