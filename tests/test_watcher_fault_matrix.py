@@ -231,6 +231,7 @@ class MatrixStack:
         self.resources = aws_resources.create_resources(session, vonage_secret_value(), TEMPLATE)
         self.read_alerts = aws_resources.sqs_messages_of_topic(session, self.resources.topic_arn)
         self.alerts: list[dict[str, str]] = []
+        self.last_error = ""
         self.env = {
             "BALANCE_THRESHOLD_EUR": "10",
             "TOPUP_COOLDOWN_MINUTES": "1",  # the template's minimum: a retry two minutes later is past it
@@ -251,7 +252,8 @@ class MatrixStack:
             CredentialStore(self.resources.secret_arn),
             rest_base_url=self.sim.url,
             api_base_url=self.sim.url,
-            options=ClientOptions(read_timeout=0.5, total_deadline=3.0, backoff_base=0.01, backoff_cap=0.02),
+            # no fault here is a slow answer: the timeouts only have to survive a loaded machine
+            options=ClientOptions(read_timeout=2.0, total_deadline=5.0, backoff_base=0.01, backoff_cap=0.02),
         )
         account.tap = tap
         watcher = BalanceWatcher(settings, account, WatcherStore(settings), Alerts(settings.alert_topic_arn))
@@ -261,7 +263,8 @@ class MatrixStack:
             return watcher.run(run_at(minute), now=ts(minute if now_minute is None else now_minute)), (
                 time.monotonic() - started
             )
-        except (Exception, ProcessDied):
+        except (Exception, ProcessDied) as exc:
+            self.last_error = repr(exc)[:300]  # said by a failure that did not expect it
             return None, time.monotonic() - started
         finally:
             self.socket.tap = None
@@ -396,5 +399,5 @@ def _run_case(
         found.append(f"a third delivery of the finished run was not a duplicate: {again}")
     following, _ = stack.invoke(Tap(sim), 5)
     if following is None or following.outcome is Outcome.DUPLICATE or run_at(5).key not in stack.history():
-        found.append(f"the next tick did not decide: {following}")
+        found.append(f"the next tick did not decide: {following} ({stack.last_error if following is None else ''})")
     return found
