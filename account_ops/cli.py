@@ -345,6 +345,7 @@ def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
     given = {
         "name": args.name,
         "threshold_eur": args.threshold,
+        "critical_eur": args.critical,
         "topup_mode": args.topup_mode,
         "daily_topup_cap": args.daily_cap,
     }
@@ -576,6 +577,9 @@ def _cap(text: str) -> int:
 def _account_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="how alerts and logs name it")
     parser.add_argument("--threshold", type=_euros, metavar="EUR", help="top up below this (default: the stack's)")
+    parser.add_argument(
+        "--critical", type=_euros, metavar="EUR", help="critical below this (default: BalanceCriticalEur)"
+    )
     parser.add_argument("--topup-mode", choices=TOPUP_MODES, help="live, dry_run or off (default: the stack's)")
     parser.add_argument("--daily-cap", type=_cap, metavar="N", help="top-ups a day at most (default: the stack's)")
 

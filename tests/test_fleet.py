@@ -540,3 +540,21 @@ def test_a_watcher_killed_after_taking_a_fleet_accounts_lease_never_tops_up_twic
         message = TickMessage(account="kill0001", scheduled_time=tick(minutes).key)
         revived.evaluate(message, now=after_cooldown + minutes)
     assert fleet.topups("kill0001") == 1
+
+
+def test_an_account_below_its_critical_level_is_counted_and_logged_never_a_metric_of_its_own(
+    fleet: Fleet, json_logs: JsonLogs
+) -> None:
+    fleet.add("crit0001", balance=1.5, settings=AccountSettings(critical_eur=2, topup_mode=TopUpMode.OFF))
+    fleet.add("lowx0002", balance=8.0, settings=AccountSettings(critical_eur=2, topup_mode=TopUpMode.OFF))
+    fleet.add("fine0003", balance=25.0)
+    dispatch(tick(), fleet.registry, fleet.queue_url)
+    metrics.clear_metrics()
+    assert fleet.process(fleet.receive()) == []
+    assert metrics.metric_set["FleetAccountsCritical"]["Value"] == [1.0]
+    decided = {e.get("account"): e for e in json_logs.entries() if e["message"] == "fleet account decided"}
+    states = {k: decided[k]["balance_state"] for k in ("crit0001", "lowx0002", "fine0003")}
+    assert states == {"crit0001": "critical", "lowx0002": "low", "fine0003": "ok"}
+    metrics.clear_metrics()
+    with pytest.raises(ValueError, match="below threshold_eur"):
+        AccountSettings(threshold_eur=5, critical_eur=5)

@@ -142,6 +142,7 @@ def test_alarms_cover_what_operators_need() -> None:
         "VonageNotConfiguredAlarm",
         "FleetAccountNotEvaluatedAlarm",
         "FleetAccountsFailingAlarm",
+        "FleetAccountCriticalAlarm",
     }
     assert set(alarms) == expected
     for alarm in alarms.values():

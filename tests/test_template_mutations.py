@@ -193,7 +193,8 @@ def _watcher(app: Any, sim: Sim, resources: aws_resources.LocalResources) -> Non
     sm, ddb, sqs = (boto3.client(s) for s in ("secretsmanager", "dynamodb", "sqs"))
     sm.put_secret_value(SecretId=resources.secret_arn, SecretString=vonage_secret_value())
     for key, secret in (("flt00001", "Fleet-Secret-01"), ("flt00002", "Wrong-Secret-02")):
-        sim.add_account(key, "Fleet-Secret-01" if key == "flt00001" else "Fleet-Secret-02")
+        # flt00001 below the stack's critical level (BalanceCriticalEur, 2): FleetAccountsCritical
+        sim.add_account(key, "Fleet-Secret-01" if key == "flt00001" else "Fleet-Secret-02", balance=1.0)
         arn = sm.create_secret(
             Name=f"account-ops/accounts/{key}", SecretString=vonage_secret_value(api_key=key, api_secret=secret)
         )["ARN"]
@@ -390,6 +391,9 @@ MUTATIONS: dict[str, Callable[[str], str]] = {
         "FleetAccountNotEvaluatedAlarm:",
         "MetricName: ApproximateNumberOfMessagesVisible",
         "MetricName: NumberOfMessagesSent",
+    ),
+    "fleet critical alarm on a metric no one publishes": _in_block(
+        "FleetAccountCriticalAlarm:", "MetricName: FleetAccountsCritical", "MetricName: FleetAccountCritical"
     ),
     "fleet failures alarm on a metric no one publishes": _in_block(
         "FleetAccountsFailingAlarm:", "MetricName: FleetAccountsFailed", "MetricName: FleetAccountFailures"

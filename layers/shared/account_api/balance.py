@@ -76,6 +76,8 @@ class WatcherSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     threshold: float = Field(gt=0, description="BALANCE_THRESHOLD_EUR")
+    # below this a fleet account counts as critical (the stack's own account has its alarm on BalanceEUR)
+    critical: float = Field(default=0.0, ge=0, description="BALANCE_CRITICAL_EUR")
     topup_cooldown_minutes: int = Field(default=30, ge=1, le=24 * 60)
     alert_cooldown_minutes: int = Field(default=360, ge=1, le=7 * 24 * 60)
     daily_topup_cap: int = Field(default=3, ge=0, le=50)
@@ -101,6 +103,7 @@ class WatcherSettings(BaseModel):
         env = dict(os.environ if env is None else env)
         names = {
             "threshold": "BALANCE_THRESHOLD_EUR",
+            "critical": "BALANCE_CRITICAL_EUR",
             "topup_cooldown_minutes": "TOPUP_COOLDOWN_MINUTES",
             "alert_cooldown_minutes": "ALERT_COOLDOWN_MINUTES",
             "daily_topup_cap": "DAILY_TOPUP_CAP",

@@ -121,6 +121,15 @@ def dispatch(run: ScheduledRun, registry: Registry, queue_url: str) -> DispatchR
     return DispatchResult(scheduled_time=run.key, accounts=len(messages))
 
 
+def balance_state(balance: float | None, settings: WatcherSettings) -> str:
+    """How the log line and the "needing attention" query name a fleet account's balance."""
+    if balance is None:
+        return "unknown"
+    if balance < settings.critical:
+        return "critical"
+    return "low" if balance < settings.threshold else "ok"
+
+
 def account_settings(stack: WatcherSettings, account: FleetAccount) -> WatcherSettings:
     """The stack's parameters, overridden by what the registry sets for this account. The stack's
     dry run wins over an account's "live": a stack deployed as a dry run never moves money."""
@@ -128,6 +137,7 @@ def account_settings(stack: WatcherSettings, account: FleetAccount) -> WatcherSe
     return stack.model_copy(
         update={
             "threshold": s.threshold_eur if s.threshold_eur is not None else stack.threshold,
+            "critical": s.critical_eur if s.critical_eur is not None else stack.critical,
             "topup_cooldown_minutes": s.topup_cooldown_minutes or stack.topup_cooldown_minutes,
             "alert_cooldown_minutes": s.alert_cooldown_minutes or stack.alert_cooldown_minutes,
             "daily_topup_cap": s.daily_topup_cap if s.daily_topup_cap is not None else stack.daily_topup_cap,
@@ -180,8 +190,14 @@ class FleetWatcher:
         # the thread's own keys: a batch's accounts are decided at the same time, in threads
         logger.thread_safe_append_keys(account=account.api_key)
         try:
-            result = self._watcher(account).run(run, now)
-            logger.info("fleet account decided", outcome=str(result.outcome), balance=result.balance)
+            watcher = self._watcher(account)
+            result = watcher.run(run, now)
+            state = balance_state(result.balance, watcher.settings)
+            if state == "critical":  # one count for the fleet, never a metric of the account's own
+                metrics.add_metric(name="FleetAccountsCritical", unit=MetricUnit.Count, value=1)
+            logger.info(
+                "fleet account decided", outcome=str(result.outcome), balance=result.balance, balance_state=state
+            )
         finally:
             logger.thread_safe_remove_keys(["account"])
         return result

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import aws_clients
 from .observability import logger
@@ -47,11 +47,18 @@ class AccountSettings(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=64)
     threshold_eur: float | None = Field(default=None, gt=0, le=100_000)
+    critical_eur: float | None = Field(default=None, gt=0, le=100_000)  # counted and alarmed below this
     topup_mode: TopUpMode | None = None
     topup_cooldown_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
     alert_cooldown_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
     daily_topup_cap: int | None = Field(default=None, ge=0, le=50)
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _critical_below_threshold(self) -> AccountSettings:
+        if self.critical_eur is not None and self.threshold_eur is not None and self.critical_eur >= self.threshold_eur:
+            raise ValueError("critical_eur must be below threshold_eur")
+        return self
 
     @field_validator("name")
     @classmethod
