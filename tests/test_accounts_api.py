@@ -70,6 +70,8 @@ def test_adding_checks_the_credentials_once_then_stores_them_write_only(
     assert status == 200 and [a["api_key"] for a in listed["accounts"]] == ["acme0001"]
     status, _, shown = call(api, request("GET", "/accounts/acme0001"))
     assert status == 200 and shown["version"] == 1 and shown["rotation_enabled"] is False
+    [logged] = [e for e in json_logs.entries() if e["message"] == "fleet account added"]
+    assert logged["account"] == "acme0001" and logged["caller"].startswith("arn:aws:")  # who added it
     for text in (json.dumps(added), json.dumps(listed), json.dumps(shown), json_logs.text):
         assert "Secret-acme00011" not in text and "trx-acme0001" not in text
 

@@ -209,7 +209,7 @@ def list_accounts(removed: Annotated[bool, Query()] = False) -> AccountList:
     success=(201, "Credentials checked with one balance read, stored, rotated and watched", AccountView),
 )
 def add_account(new: NewAccount) -> Response[AccountView]:
-    return Response(status_code=201, content_type="application/json", body=fleet.add(new))
+    return Response(status_code=201, content_type="application/json", body=fleet.add(new, _caller()))
 
 
 @_route("GET", "/accounts/<api_key>", 404, 422, *UPSTREAM, success=(200, "One account", AccountView))
@@ -219,7 +219,7 @@ def show_account(api_key: ApiKey) -> AccountView:
 
 @_route("PUT", "/accounts/<api_key>", 400, 404, 409, 413, 415, 422, *UPSTREAM, success=(200, "Changed", AccountView))
 def change_account(api_key: ApiKey, change: AccountChange) -> AccountView:
-    return fleet.change(api_key, change)
+    return fleet.change(api_key, change, _caller())
 
 
 @_route(
@@ -231,7 +231,7 @@ def change_account(api_key: ApiKey, change: AccountChange) -> AccountView:
     success=(200, "No longer watched or rotated; history kept; secret scheduled for deletion", AccountView),
 )
 def remove_account(api_key: ApiKey) -> AccountView:
-    return fleet.remove(api_key)
+    return fleet.remove(api_key, _caller())
 
 
 @_route("GET", "/accounts/<api_key>/balance", 404, 422, *UPSTREAM, success=(200, "The balance", service.BalanceView))

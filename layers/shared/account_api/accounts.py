@@ -151,7 +151,7 @@ class Fleet:
             options=self.template.options,
         )
 
-    def add(self, new: NewAccount) -> AccountView:
+    def add(self, new: NewAccount, caller: str = "unknown") -> AccountView:
         existing = self.registry.get(new.api_key)
         if existing is not None and existing.removed_at is None:
             # also an add retried after its answer was lost: it is done, and GET shows it; new
@@ -161,18 +161,18 @@ class Fleet:
         arn = self._store_credentials(new)
         rotation = self._configure_rotation(arn)
         account = self.registry.add(new.api_key, arn, new.settings)
-        logger.info("fleet account added", account=new.api_key, rotation=rotation)
+        logger.info("fleet account added", account=new.api_key, rotation=rotation, caller=caller)
         return AccountView.of(account, rotation_enabled=rotation)
 
-    def change(self, api_key: str, change: AccountChange) -> AccountView:
+    def change(self, api_key: str, change: AccountChange, caller: str = "unknown") -> AccountView:
         account = self.registry.update(api_key, change.settings, expected_version=change.expected_version)
-        logger.info("fleet account changed", account=api_key, version=account.version)
+        logger.info("fleet account changed", account=api_key, version=account.version, caller=caller)
         return AccountView.of(account)
 
-    def remove(self, api_key: str) -> AccountView:
+    def remove(self, api_key: str, caller: str = "unknown") -> AccountView:
         account = self.registry.remove(api_key)  # first: a removal that dies here has stopped the watching
         deletion = self._schedule_secret_deletion(account.secret_arn)
-        logger.info("fleet account removed", account=api_key, secret_deletion_date=deletion)
+        logger.info("fleet account removed", account=api_key, secret_deletion_date=deletion, caller=caller)
         return AccountView.of(account, secret_deletion_date=deletion)
 
     # -- the steps of an add and a remove, each safe to repeat -----------------------------------

@@ -116,7 +116,7 @@ def dispatch(run: ScheduledRun, registry: Registry, queue_url: str) -> DispatchR
                 f"{len(pending)} account messages of the tick {run.key} were refused by SQS: the tick is retried"
             )
     logger.info("tick dispatched", scheduled_time=run.key, accounts=len(messages))
-    # one metric for the whole fleet, whatever its size: what the "not evaluated" check compares with
+    # one metric for the whole fleet, whatever its size (an account not evaluated: the DLQ's alarm)
     metrics.add_metric(name="FleetAccountsDispatched", unit=MetricUnit.Count, value=len(messages))
     return DispatchResult(scheduled_time=run.key, accounts=len(messages))
 
@@ -188,7 +188,7 @@ class FleetWatcher:
             )
             return None
         # the thread's own keys: a batch's accounts are decided at the same time, in threads
-        logger.thread_safe_append_keys(account=account.api_key)
+        logger.thread_safe_append_keys(account=account.api_key, scheduled_time=run.key)
         try:
             watcher = self._watcher(account)
             result = watcher.run(run, now)
@@ -199,7 +199,7 @@ class FleetWatcher:
                 "fleet account decided", outcome=str(result.outcome), balance=result.balance, balance_state=state
             )
         finally:
-            logger.thread_safe_remove_keys(["account"])
+            logger.thread_safe_remove_keys(["account", "scheduled_time"])
         return result
 
     def _watcher(self, account: FleetAccount) -> BalanceWatcher:
@@ -286,4 +286,5 @@ class Tick:
     def sqs_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         if self.fleet_watcher is None:
             raise ConfigurationError("an SQS batch arrived but ACCOUNTS_TABLE / FLEET_QUEUE_URL are not set")
+        logger.remove_keys(["scheduled_time"])  # a warm process's last scheduled run is not this batch's
         return self.fleet_watcher.process_sqs_batch(event, context)
