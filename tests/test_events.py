@@ -38,6 +38,20 @@ EVENTS: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("settings_api", "settings_put_topups.json", ok),
     ("settings_api", "settings_get_history.json", lambda r: ok(r) and "ok" in r["body"]),
     ("settings_api", "settings_get_rotation.json", ok),
+    # the fleet: fleet001 is in the fleet from the start, fleet009 only in the simulator
+    ("balance_watcher", "balance_watcher_fleet_batch.json", lambda r: r == {"batchItemFailures": []}),
+    ("settings_api", "settings_get_accounts.json", lambda r: ok(r) and "fleet001" in r["body"]),
+    ("settings_api", "settings_post_account.json", lambda r: r["statusCode"] == 201),
+    ("settings_api", "settings_get_account.json", ok),
+    ("settings_api", "settings_put_account.json", ok),
+    ("settings_api", "settings_get_account_balance.json", ok),
+    ("settings_api", "settings_get_account_secrets.json", ok),
+    ("settings_api", "settings_get_account_settings.json", ok),
+    ("settings_api", "settings_put_account_settings.json", ok),
+    ("settings_api", "settings_get_account_rotation.json", ok),
+    ("settings_api", "settings_post_account_rotate.json", ok),
+    ("settings_api", "settings_get_account_history.json", lambda r: ok(r) and "fleet001" in r["body"]),
+    ("settings_api", "settings_delete_account.json", ok),
     ("secret_rotation", "secret_rotation_create.json", lambda r: r is None),
     ("secret_rotation", "secret_rotation_set.json", lambda r: r is None),
     ("secret_rotation", "secret_rotation_test.json", lambda r: r is None),
@@ -49,7 +63,14 @@ EVENTS: list[tuple[str, str, Callable[[Any], bool]]] = [
 @pytest.fixture(scope="module")
 def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("events") / "state.json"
-    with LocalStack(StackOptions.on_free_ports(tick_seconds=86400, state_file=state)) as running:
+    with LocalStack(StackOptions.on_free_ports(tick_seconds=86400, state_file=state, accounts=1)) as running:
+        import urllib.request
+
+        sim_account = {"api_key": "fleet009", "api_secret": "Fleet-fleet009-Secret1"}  # what the POST sample adds
+        request = urllib.request.Request(
+            f"{running.sim.url}/_sim/accounts", data=json.dumps(sim_account).encode(), method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).close()
         yield running
 
 
@@ -85,6 +106,33 @@ def test_the_one_secret_sample_still_answers_after_the_rotations(fresh_stack: Lo
     assert completed.returncode == 0, completed.stderr
     answer = json.loads(completed.stdout)
     assert answer["statusCode"] == 200, answer
+
+
+def _routes() -> dict[str, set[str]]:
+    """The settings API's ROUTES, read from its source (importing it needs a deployment's environment)."""
+    import ast
+
+    tree = ast.parse((ROOT / "functions" / "settings_api" / "app.py").read_text())
+    [value] = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ROUTES" for t in node.targets)
+    ]
+    routes: dict[str, set[str]] = ast.literal_eval(value)
+    return routes
+
+
+def test_every_route_has_a_sample_event() -> None:
+    routes = _routes()
+    assert len(routes) >= 18
+    samples = [json.loads(p.read_text()) for p in (ROOT / "events").glob("settings_*.json")]
+    missing = [
+        (method, pattern)
+        for pattern, methods in routes.items()
+        for method in sorted(methods)
+        if not any(e["httpMethod"] == method and re.fullmatch(pattern, e["path"]) for e in samples)
+    ]
+    assert missing == []
 
 
 def test_api_events_look_like_what_api_gateway_sends_for_a_proxy_resource() -> None:
