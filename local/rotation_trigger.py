@@ -20,6 +20,7 @@ Invoke = Callable[[dict[str, Any]], Any]
 # run the same token's steps beside them), and never waits for them (the local stack's threads).
 _rotating: set[str] = set()
 _rotating_lock = threading.Lock()
+_this_thread = threading.local()
 
 
 def rotating(secret_arn: str) -> bool:
@@ -58,8 +59,15 @@ def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False)
             if any("AWSPENDING" in s and "AWSCURRENT" not in s for s in stages):
                 raise InvalidRequestException("A previous rotation isn't complete. That rotation will be reattempted.")
         key = secret.arn if secret is not None else secret_id
-        with _rotating_lock:
+        if getattr(_this_thread, "rotating", False):  # an install wrapped in another: the outer one marked it
+            return original_rotate(
+                self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
+            )
+        with _rotating_lock:  # one rotation at a time per secret: this one, or a reattempt
+            if refuse_while_pending and key in _rotating:
+                raise InvalidRequestException("A previous rotation isn't complete. That rotation will be reattempted.")
             _rotating.add(key)
+        _this_thread.rotating = True
         try:
             answer = original_rotate(
                 self, secret_id, client_request_token, rotation_lambda_arn, rotation_rules, rotate_immediately
@@ -73,6 +81,7 @@ def install(functions: dict[str, Invoke], *, refuse_while_pending: bool = False)
                         stages.remove("AWSPENDING")
             return answer
         finally:
+            _this_thread.rotating = False
             with _rotating_lock:
                 _rotating.discard(key)
 
@@ -126,11 +135,19 @@ def pending_token(sm: Any, secret_id: str) -> str | None:
 def reattempt(sm: Any, secret_id: str, invoke: Invoke) -> bool:
     """Run the four steps again for the rotation left pending; False when none is pending, or when
     the pending one is still running (a RotateSecret in progress, not a failed one)."""
-    if rotating(secret_id):
-        return False
     token = pending_token(sm, secret_id)
     if token is None:
         return False
-    for step in STEPS:
-        invoke({"Step": step, "SecretId": secret_id, "ClientRequestToken": token})
-    return True
+    with _rotating_lock:  # claimed in one step with the check: a RotateSecret meanwhile is refused
+        if secret_id in _rotating:
+            return False  # still running: that RotateSecret staged this token
+        _rotating.add(secret_id)
+    try:
+        if pending_token(sm, secret_id) != token:
+            return False  # it finished between the two reads
+        for step in STEPS:
+            invoke({"Step": step, "SecretId": secret_id, "ClientRequestToken": token})
+        return True
+    finally:
+        with _rotating_lock:
+            _rotating.discard(secret_id)
