@@ -280,6 +280,16 @@ class JsonLogs:
 
 
 @pytest.fixture
+def api(vonage_secret: str, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The settings API's handler, fresh, pointed at the simulator and moto."""
+    monkeypatch.setenv("VONAGE_SECRET_ARN", vonage_secret)
+    monkeypatch.setenv("VONAGE_REST_BASE_URL", sim.url)
+    monkeypatch.setenv("VONAGE_API_BASE_URL", sim.url)
+    monkeypatch.setenv("UNSAFE_CALLBACK_ALLOW_HOSTS", "localhost")
+    return load_handler("settings_api")
+
+
+@pytest.fixture
 def hooks() -> Iterator[Any]:
     """The webhook receivers: /ok answers 200, /missing 404."""
     from local import webhooks

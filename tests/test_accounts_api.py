@@ -13,20 +13,11 @@ import pytest
 
 from local import simulator as simmod
 from local import webhooks
-from tests.conftest import JsonLogs, LambdaContext, Sim, load_handler, vonage_secret_value
+from tests.conftest import JsonLogs, LambdaContext, Sim, vonage_secret_value
 from tests.test_settings_api import call
 from tests.test_settings_api import request as bodiless_request
 
 PREFIX = "account-ops/accounts/"
-
-
-@pytest.fixture
-def api(vonage_secret: str, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setenv("VONAGE_SECRET_ARN", vonage_secret)
-    monkeypatch.setenv("VONAGE_REST_BASE_URL", sim.url)
-    monkeypatch.setenv("VONAGE_API_BASE_URL", sim.url)
-    monkeypatch.setenv("UNSAFE_CALLBACK_ALLOW_HOSTS", "localhost")
-    return load_handler("settings_api")
 
 
 def add(api: ModuleType, sim: Sim, key: str, *, secret: str | None = None, **body: Any) -> tuple[int, Any]:

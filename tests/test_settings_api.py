@@ -17,15 +17,6 @@ from local import webhooks
 from tests.conftest import ROOT, JsonLogs, LambdaContext, Sim, load_event, load_handler, vonage_secret_value
 
 
-@pytest.fixture
-def api(vonage_secret: str, sim: Sim, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setenv("VONAGE_SECRET_ARN", vonage_secret)
-    monkeypatch.setenv("VONAGE_REST_BASE_URL", sim.url)
-    monkeypatch.setenv("VONAGE_API_BASE_URL", sim.url)
-    monkeypatch.setenv("UNSAFE_CALLBACK_ALLOW_HOSTS", "localhost")
-    return load_handler("settings_api")
-
-
 def call(api: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
     response = api.lambda_handler(event, LambdaContext("settings-api"))
     headers = response.get("headers") or {}

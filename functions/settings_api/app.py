@@ -25,7 +25,6 @@ from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
 from account_api.observability import logger, metrics
 from account_api.problems import PROBLEM_CONTENT_TYPE, Problem, problem, problem_for
-from account_api.registry import RegistryError
 from account_api.version import __version__
 
 MAX_BODY_BYTES = 8 * 1024
@@ -275,7 +274,7 @@ def put_account_settings(api_key: ApiKey, change: service.SettingsChangeRequest)
     "GET", "/accounts/<api_key>/rotation", 404, 422, *UPSTREAM, success=(200, "Its rotation", service.RotationState)
 )
 def get_account_rotation(api_key: ApiKey) -> service.RotationState:
-    return service.rotation_state(fleet.get(api_key).secret_arn)
+    return service.rotation_state(fleet.registry.current(api_key).secret_arn)
 
 
 @_route(
@@ -290,7 +289,7 @@ def get_account_rotation(api_key: ApiKey) -> service.RotationState:
     success=(202, "Rotation started", service.RotationStarted),
 )
 def rotate_account_secret(api_key: ApiKey) -> Response[service.RotationStarted]:
-    started = service.request_rotation(fleet.get(api_key).secret_arn)
+    started = service.request_rotation(fleet.registry.current(api_key).secret_arn)
     return Response(status_code=202, content_type="application/json", body=started)
 
 
@@ -301,8 +300,7 @@ def get_account_history(
     limit: Annotated[int, Query(ge=1, le=service.HISTORY_PAGE_MAX)] = service.HISTORY_PAGE_DEFAULT,
     cursor: Annotated[str | None, Query(pattern=service.CURSOR_PATTERN)] = None,
 ) -> service.History:
-    if fleet.registry.get(api_key) is None:  # a removed account's item is kept: its history stays readable
-        raise RegistryError(f"no account {api_key} in the fleet", kind="not_found")
+    fleet.registry.current(api_key, removed_too=True)  # a removed account's item is kept: its history stays readable
     return service.read_history_of(api_key, tables.history_table, days, limit=limit, cursor=cursor)
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from . import aws_clients, errors
 from .client import AccountClient
 from .config import model_from_environment
-from .credentials import CredentialStore, VonageAccount
+from .credentials import VonageAccount
 from .observability import logger
 from .problems import ApiProblem
 from .registry import API_KEY_PATTERN, AccountSettings, FleetAccount, Registry, RegistryError
@@ -131,25 +131,14 @@ class Fleet:
         accounts = self.registry.accounts()
         return AccountList(accounts=[AccountView.of(a) for a in accounts if removed_too or a.removed_at is None])
 
-    def get(self, api_key: str) -> FleetAccount:
-        account = self.registry.get(api_key)
-        if account is None or account.removed_at is not None:
-            raise RegistryError(f"no account {api_key} in the fleet", kind="not_found")
-        return account
-
     def show(self, api_key: str) -> AccountView:
-        account = self.get(api_key)
+        account = self.registry.current(api_key)
         described = self._sm.describe_secret(SecretId=account.secret_arn)
         return AccountView.of(account, rotation_enabled=bool(described.get("RotationEnabled")))
 
     def vonage(self, api_key: str) -> VonageAccount:
         """The Account API through this account's own secret (for its balance, callbacks, history)."""
-        return VonageAccount(
-            CredentialStore(self.get(api_key).secret_arn),
-            rest_base_url=self.template.rest_base_url,
-            api_base_url=self.template.api_base_url,
-            options=self.template.options,
-        )
+        return self.template.through(self.registry.current(api_key).secret_arn)
 
     def add(self, new: NewAccount, caller: str = "unknown") -> AccountView:
         existing = self.registry.get(new.api_key)

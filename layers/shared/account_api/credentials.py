@@ -145,6 +145,15 @@ class VonageAccount:
             options=options or ClientOptions.from_timeouts(timeouts()),
         )
 
+    def through(self, secret_arn: str, *, max_age: int = CACHE_SECONDS) -> VonageAccount:
+        """The same Vonage servers and options, through another secret (a fleet account's)."""
+        return VonageAccount(
+            CredentialStore(secret_arn, max_age=max_age),
+            rest_base_url=self.rest_base_url,
+            api_base_url=self.api_base_url,
+            options=self.options,
+        )
+
     def credentials(self, *, force: bool = False) -> Credentials:
         return self.store.get(force=force)
 

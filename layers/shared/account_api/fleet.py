@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import aws_clients
 from .balance import Alerts, BalanceWatcher, RunResult, ScheduledRun, WatcherSettings, WatcherStore
 from .config import ConfigurationError, model_from_environment
-from .credentials import CredentialStore, VonageAccount
+from .credentials import VonageAccount
 from .observability import logger, metrics
 from .registry import FleetAccount, Registry, TopUpMode
 
@@ -160,15 +160,8 @@ class FleetWatcher:
 
     @classmethod
     def for_stack(cls, stack_watcher: BalanceWatcher, registry_table: str) -> FleetWatcher:
-        base = stack_watcher.account
-
         def vonage_account(secret_arn: str) -> VonageAccount:
-            return VonageAccount(
-                CredentialStore(secret_arn, max_age=FLEET_CREDENTIALS_CACHE_SECONDS),
-                rest_base_url=base.rest_base_url,
-                api_base_url=base.api_base_url,
-                options=base.options,
-            )
+            return stack_watcher.account.through(secret_arn, max_age=FLEET_CREDENTIALS_CACHE_SECONDS)
 
         return cls(stack_watcher, Registry(registry_table), vonage_account)
 

@@ -177,7 +177,7 @@ class Registry:
         return account
 
     def update(self, api_key: str, settings: AccountSettings, *, expected_version: int | None = None) -> FleetAccount:
-        current = self._current(api_key)
+        current = self.current(api_key)
         if expected_version is not None and current.version != expected_version:
             if current.version == expected_version + 1 and current.settings == settings:
                 return current  # this very change, retried
@@ -192,14 +192,15 @@ class Registry:
 
     def remove(self, api_key: str) -> FleetAccount:
         """Stop watching it; keep the item (its history stays explained). Safe to repeat."""
-        current = self._current(api_key, removed_too=True)
+        current = self.current(api_key, removed_too=True)
         if current.removed_at:
             return current
         account = current.model_copy(update={"removed_at": _now(), "version": current.version + 1})
         self._write(account, expected=current)
         return account
 
-    def _current(self, api_key: str, *, removed_too: bool = False) -> FleetAccount:
+    def current(self, api_key: str, *, removed_too: bool = False) -> FleetAccount:
+        """The account, or RegistryError not_found (also for a removed one, unless removed_too)."""
         current = self.get(api_key)
         if current is None or (current.removed_at is not None and not removed_too):
             raise RegistryError(f"no account {api_key} in the fleet", kind="not_found")
