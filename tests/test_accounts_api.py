@@ -13,7 +13,7 @@ import pytest
 
 from local import simulator as simmod
 from local import webhooks
-from tests.conftest import JsonLogs, LambdaContext, Sim, vonage_secret_value
+from tests.conftest import JsonLogs, LambdaContext, Sim, load_handler, vonage_secret_value
 from tests.test_settings_api import call
 from tests.test_settings_api import request as bodiless_request
 
@@ -204,3 +204,74 @@ def test_a_secret_that_is_not_printable_ascii_is_refused_without_echoing_it(api:
     status, _, problem = call(api, request("POST", "/accounts", body))
     assert status == 422 and problem["invalid_params"][0]["name"] == "api_secret", problem
     assert "Sécret" not in json.dumps(problem)
+
+
+class ProcessDied(BaseException):
+    """The function's process died right after a call took effect: nothing of ours runs after it."""
+
+
+def test_an_add_interrupted_at_any_aws_call_completes_when_sent_again(
+    sim: Sim, vonage_secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault matrix of an add, generated from its own calls: each AWS call fails before it
+    takes effect, or the process dies right after it; the add sent again completes (or says it is
+    done), with exactly the credentials given, one secret, and the account watched."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from account_api import aws_clients
+    from local import rotation_trigger
+
+    rotation_arn = "arn:aws:lambda:eu-west-1:123456789012:function:rotation"
+    undo = rotation_trigger.install({rotation_arn: lambda event: None})
+    monkeypatch.setenv("ROTATION_FUNCTION_ARN", rotation_arn)
+    for name, value in (("VONAGE_SECRET_ARN", vonage_secret), ("VONAGE_REST_BASE_URL", sim.url)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VONAGE_API_BASE_URL", sim.url)
+    handler = load_handler("settings_api")
+    fault: dict[str, Any] = {"at": -1, "mode": "", "seen": []}
+
+    def before_send(event_name: str, **_: Any) -> None:
+        fault["seen"].append(event_name.split(".", 2)[2])
+        if len(fault["seen"]) - 1 == fault["at"] and fault["mode"] == "fails":
+            raise EndpointConnectionError(endpoint_url="https://injected.invalid")  # never reached AWS
+
+    def after_call(**_: Any) -> None:
+        if len(fault["seen"]) - 1 == fault["at"] and fault["mode"] == "dies_after":
+            raise ProcessDied
+
+    for service in ("secretsmanager", "dynamodb"):
+        events = aws_clients.client(service).meta.events
+        events.register("before-send", before_send)
+        events.register("after-call", after_call)
+
+    def add_once(key: str) -> int:
+        secret = f"Secret-{key}1"
+        status, _, _ = call(handler, request("POST", "/accounts", {"api_key": key, "api_secret": secret}))
+        return status
+
+    try:
+        sim.add_account("clean000", "Secret-clean0001")
+        assert add_once("clean000") == 201
+        calls = list(fault["seen"])
+        assert {"CreateSecret", "RotateSecret", "PutItem"} <= set(calls), calls
+        for index, operation in enumerate(calls):
+            for mode in ("fails", "dies_after"):
+                key = f"m{index:02d}{mode[0]}0000"
+                sim.add_account(key, f"Secret-{key}1")
+                fault.update(at=index, mode=mode, seen=[])
+                try:
+                    first = add_once(key)
+                except ProcessDied:
+                    first = 0
+                fault.update(at=-1, mode="", seen=[])
+                case = (index, operation, mode, first)
+                assert first != 500, case
+                again = add_once(key)
+                assert again in (201, 409), case  # 409: the first attempt had finished
+                stored = boto3.client("secretsmanager").get_secret_value(SecretId=f"{PREFIX}{key}")
+                assert json.loads(stored["SecretString"])["api_secret"] == f"Secret-{key}1", case
+                status, _, shown = call(handler, request("GET", f"/accounts/{key}"))
+                assert status == 200 and shown["watched"] and shown["rotation_enabled"], case
+        assert len([n for n in secret_names() if n.startswith(f"{PREFIX}m")]) == 2 * len(calls)
+    finally:
+        undo()
