@@ -48,7 +48,15 @@ OPERATIONS: list[tuple[str, str, re.Pattern[str]]] = [
     ("POST", "createAPISecret", re.compile(r"^/accounts/(?P<key>[^/]+)/secrets$")),
     ("GET", "retrieveAPISecret", re.compile(r"^/accounts/(?P<key>[^/]+)/secrets/(?P<sid>[^/]+)$")),
     ("DELETE", "revokeAPISecret", re.compile(r"^/accounts/(?P<key>[^/]+)/secrets/(?P<sid>[^/]+)$")),
+    # the Subaccounts API (same host, the primary's credentials)
+    ("GET", "retrieveSubaccountsList", re.compile(r"^/accounts/(?P<key>[^/]+)/subaccounts$")),
+    ("POST", "createSubAccount", re.compile(r"^/accounts/(?P<key>[^/]+)/subaccounts$")),
+    ("GET", "retrieveSubaccount", re.compile(r"^/accounts/(?P<key>[^/]+)/subaccounts/(?P<sub>[^/]+)$")),
+    ("PATCH", "modifySubaccount", re.compile(r"^/accounts/(?P<key>[^/]+)/subaccounts/(?P<sub>[^/]+)$")),
+    ("GET", "retrieveBalanceTransfers", re.compile(r"^/accounts/(?P<key>[^/]+)/balance-transfers$")),
+    ("POST", "transferBalance", re.compile(r"^/accounts/(?P<key>[^/]+)/balance-transfers$")),
 ]
+SUBACCOUNT_OPERATIONS = {op for _, op, _ in OPERATIONS[8:]}
 
 AUTH_FAILED = {"error-code": "401", "error-code-label": "authentication failed"}
 NOT_AUTO_RELOAD = {"error-code": "401", "error-code-label": "not auto-reload enabled"}
@@ -88,6 +96,14 @@ class Account:
     dr_callback_url: str = ""
     payment_refused: bool = False
     latency: float = 0.0  # seconds before every answer to this account (a fleet's slow one)
+    # the Subaccounts API: a subaccount's name, whether it spends the primary's balance, suspension,
+    # credit (a negative limit it may spend down to); whether a primary is provisioned for the API
+    name: str = ""
+    use_primary_account_balance: bool = False
+    suspended: bool = False
+    credit_limit: float = 0.0
+    created_at: str = field(default_factory=lambda: _now())
+    subaccounts_enabled: bool = True
 
     def authenticates(self, secret: str) -> bool:
         return any(secrets.compare_digest(s.value, secret) for s in self.secrets)
@@ -118,6 +134,7 @@ class State:
     callback_status: dict[str, int] = field(default_factory=dict)  # host -> status for non-loopback
     fetch_callbacks: bool = True  # really fetch loopback callback URLs (benchmarks turn it off)
     senders: list[dict[str, Any]] = field(default_factory=list)
+    transfers: list[dict[str, Any]] = field(default_factory=list)  # balance transfers, oldest first
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def settle(self) -> None:
@@ -174,6 +191,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
         self._dispatch()
 
     def _read_body(self) -> bytes:
@@ -352,15 +372,133 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             if operation == "getAccountBalance":
                 if not account:
                     return 401, AUTH_FAILED, "accountBalance", None
-                return 200, {"value": account.balance, "autoReload": account.auto_reload}, "accountBalance", None
+                payer = self._payer(account)
+                return 200, {"value": payer.balance, "autoReload": payer.auto_reload}, "accountBalance", None
             if operation == "topUpAccountBalance":
                 return self._top_up(account, body)
             if operation == "registerSender":
                 return self._register_sender(account, body)
+            if operation in SUBACCOUNT_OPERATIONS:
+                return self._subaccounts(operation, account, params, query, body)
             if operation.endswith(("Secret", "Secrets")):
                 return self._secrets(operation, account, params, body)
         # Settings fetch callback URLs: done outside the lock, then applied under it.
         return self._settings(account, body)
+
+    def _payer(self, account: Account) -> Account:
+        """Whose balance an account spends: its primary's when it shares it."""
+        parent = self.server.state.accounts.get(account.parent or "")
+        return parent if parent is not None and account.use_primary_account_balance else account
+
+    # -- the Subaccounts API -------------------------------------------------------------------
+
+    def _subaccounts(
+        self, operation: str, caller: Account | None, params: dict[str, str], query: str, body: bytes
+    ) -> tuple[int, Any, str | None, dict[str, str] | None]:
+        state = self.server.state
+        if not caller:
+            return 401, _problem("#unauthorized", "Invalid credentials supplied", "You did not provide correct credentials"), None, None
+        key = params["key"]
+        if key != caller.api_key:
+            return 404, _problem("#invalid-api-key", "Invalid API Key", f"API key '{key}' does not exist, or you do not have access"), None, None
+        if caller.parent is not None or not caller.subaccounts_enabled:
+            return (
+                403,
+                _problem("#unprovisioned", "Authorisation error", f"Account {key} is not provisioned to access Subaccount Provisioning API"),
+                None,
+                None,
+            )
+        family = [a for a in state.accounts.values() if a.parent == key]
+        if operation == "retrieveSubaccountsList":
+            return 200, {"_embedded": {"primary_account": _subaccount_view(caller), "subaccounts": [_subaccount_view(a) for a in family]}}, None, None
+        if operation == "retrieveBalanceTransfers":
+            return self._list_transfers(key, family, query)
+        data = _json_object(body)
+        if data is None:
+            return 422, _invalid("body", "must be a JSON object"), None, None
+        if operation == "createSubAccount":
+            name = data.get("name")
+            if not isinstance(name, str) or not 1 <= len(name) <= 80:
+                return 422, _invalid("name", "Is required, at most 80 characters"), None, None
+            shared = data.get("use_primary_account_balance", True)
+            if not isinstance(shared, bool):
+                return 422, _invalid("use_primary_account_balance", "Should be either 'true' or 'false'"), None, None
+            secret = data.get("secret") if data.get("secret") is not None else "Sub" + secrets.token_hex(6) + "A1"
+            if _secret_rule_problem(secret):
+                return 422, _invalid("secret", str(_secret_rule_problem(secret))), None, None
+            sub = Account(
+                api_key=secrets.token_hex(4), secrets=[Secret(str(uuid.uuid4()), str(secret), _now())],
+                balance=0.0, auto_reload=False, trx="", parent=key, name=name, use_primary_account_balance=shared,
+            )
+            state.accounts[sub.api_key] = sub
+            return 200, {**_subaccount_view(sub), "secret": secret}, None, None
+        if operation in ("retrieveSubaccount", "modifySubaccount"):
+            sub = next((a for a in family if a.api_key == params["sub"]), None)
+            if sub is None:
+                return 404, _problem("#invalid-api-key", "Invalid API Key", f"API key '{params['sub']}' does not exist, or you do not have access"), None, None
+            if operation == "modifySubaccount":
+                for name, kind in (("suspended", bool), ("use_primary_account_balance", bool), ("name", str)):
+                    if name in data and not isinstance(data[name], kind):
+                        return 422, _invalid(name, f"must be a {kind.__name__}"), None, None
+                if data.get("use_primary_account_balance") is True and not sub.use_primary_account_balance:
+                    return 422, _invalid("use_primary_account_balance", "A subaccount cannot go back to the primary's balance"), None, None
+                for name in ("suspended", "use_primary_account_balance", "name"):
+                    if name in data:
+                        setattr(sub, name, data[name])
+            return 200, _subaccount_view(sub), None, None
+        return self._transfer(caller, family, data)
+
+    def _transfer(self, primary: Account, family: list[Account], data: dict[str, Any]) -> tuple[int, Any, str | None, dict[str, str] | None]:
+        state = self.server.state
+        members = {a.api_key: a for a in [primary, *family]}
+        source, target = members.get(str(data.get("from"))), members.get(str(data.get("to")))
+        amount = data.get("amount")
+        for name, account in (("from", source), ("to", target)):
+            if account is None:
+                return 422, _invalid(name, "must be the primary account or one of its subaccounts"), None, None
+        assert source is not None and target is not None
+        if source is target or primary not in (source, target):
+            return 422, _invalid("to", "a transfer is between the primary account and one of its subaccounts"), None, None
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= 1_000_000:
+            return 422, _invalid("amount", "must be a positive number"), None, None
+        for name, account in (("from", source), ("to", target)):
+            if account.use_primary_account_balance:
+                return 422, _invalid(name, "the subaccount uses the primary account's balance"), None, None
+            if account.suspended:
+                return 422, _invalid(name, "the subaccount is suspended"), None, None
+        if amount > max(0.0, source.balance - min(0.0, source.credit_limit)):
+            return 422, _invalid("amount", "exceeds the balance available for transfer"), None, None
+        source.balance = round(source.balance - amount, 8)
+        target.balance = round(target.balance + amount, 8)
+        transfer = {
+            "balance_transfer_id": str(uuid.uuid4()),
+            "amount": amount,
+            "from": source.api_key,
+            "to": target.api_key,
+            "reference": str(data.get("reference") or ""),
+            "created_at": _now(),
+        }
+        state.transfers.append(transfer)
+        return 200, transfer, None, None
+
+    def _list_transfers(self, key: str, family: list[Account], query: str) -> tuple[int, Any, str | None, dict[str, str] | None]:
+        qs = urllib.parse.parse_qs(query)
+        try:
+            start = _parse_time(qs["start_date"][0])
+            end = _parse_time(qs["end_date"][0]) if "end_date" in qs else None
+        except (KeyError, ValueError):
+            return 422, _invalid("start_date", "Is required, an ISO 8601 time"), None, None
+        members = {key, *(a.api_key for a in family)}
+        wanted = set(qs.get("subaccount", []))
+        found = [
+            t
+            for t in self.server.state.transfers
+            if {t["from"], t["to"]} <= members
+            and start <= _parse_time(t["created_at"])
+            and (end is None or _parse_time(t["created_at"]) <= end)
+            and (not wanted or t["from"] in wanted or t["to"] in wanted)
+        ]
+        return 200, {"_embedded": {"balance_transfers": found}}, None, None
 
     def _top_up(self, account: Account | None, body: bytes) -> tuple[int, Any, str | None, dict[str, str] | None]:
         state = self.server.state
@@ -570,7 +708,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 self._send(200, _public_state(state))
             elif path == "/_sim/state":
                 account = state.accounts[data.get("api_key") or next(iter(state.accounts))]
-                for name in ("balance", "auto_reload", "payment_refused", "trx", "latency"):
+                for name in (
+                    "balance", "auto_reload", "payment_refused", "trx", "latency",
+                    "suspended", "use_primary_account_balance", "credit_limit", "subaccounts_enabled", "name",
+                ):
                     if name in data:
                         setattr(account, name, data[name])
                 for name in ("topup_amount", "topup_lag"):
@@ -607,17 +748,21 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 state.accounts[account.api_key] = account
                 self._send(201, {"api_key": account.api_key, "secret_id": account.secrets[0].id})
             elif path == "/_sim/subaccounts":
-                parent = data.get("parent") or next(iter(state.accounts))
-                sub = Account(
-                    api_key=data["api_key"],
-                    secrets=[Secret(str(uuid.uuid4()), data["api_secret"], _now())],
-                    balance=0.0,
-                    auto_reload=False,
-                    trx="",
-                    parent=parent,
+                # A subaccount of `parent` (default: the first account): its own balance unless it
+                # shares the primary's (`balance` null or `use_primary_account_balance`).
+                shared = bool(data.get("use_primary_account_balance", data.get("balance", 0.0) is None))
+                sub = add_subaccount(
+                    state,
+                    data.get("parent") or next(iter(state.accounts)),
+                    data["api_key"],
+                    data["api_secret"],
+                    balance=float(data.get("balance") or 0.0),
+                    shared=shared,
+                    suspended=bool(data.get("suspended", False)),
+                    credit_limit=float(data.get("credit_limit", 0.0)),
+                    name=str(data.get("name") or ""),
                 )
-                state.accounts[sub.api_key] = sub
-                self._send(201, _public_state(state))
+                self._send(201, {"api_key": sub.api_key, "secret_id": sub.secrets[0].id})
             elif path == "/_sim/secrets":
                 # Test-only: add a secret behind the API's back (e.g. an unknown second secret).
                 account = state.accounts[data.get("api_key") or next(iter(state.accounts))]
@@ -626,6 +771,72 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 self._send(201, {"id": secret.id})
             else:
                 self._send(404, {"error": f"no control endpoint {path}"})
+
+
+def add_subaccount(
+    state: State,
+    parent: str,
+    api_key: str,
+    api_secret: str,
+    *,
+    balance: float = 0.0,
+    shared: bool = False,
+    suspended: bool = False,
+    credit_limit: float = 0.0,
+    name: str = "",
+) -> Account:
+    """A subaccount of `parent` (the control surface's and the benchmark's way to make many)."""
+    sub = Account(
+        api_key=api_key,
+        secrets=[Secret(str(uuid.uuid4()), api_secret, _now())],
+        balance=0.0 if shared else balance,
+        auto_reload=False,
+        trx="",
+        parent=parent,
+        name=name or f"subaccount {api_key}",
+        use_primary_account_balance=shared,
+        suspended=suspended,
+        credit_limit=0.0 if shared else credit_limit,
+    )
+    state.accounts[api_key] = sub
+    return sub
+
+
+def _subaccount_view(account: Account) -> dict[str, Any]:
+    """An account as the Subaccounts API shows it; a shared balance is null."""
+    shared = account.use_primary_account_balance
+    return {
+        "api_key": account.api_key,
+        "name": account.name,
+        "primary_account_api_key": account.parent or account.api_key,
+        "use_primary_account_balance": shared,
+        "created_at": account.created_at,
+        "suspended": account.suspended,
+        "balance": None if shared else account.balance,
+        "credit_limit": None if shared else account.credit_limit,
+    }
+
+
+def _invalid(name: str, reason: str) -> dict[str, Any]:
+    return _problem(
+        "/subaccounts#validation",
+        "Bad Request",
+        "The request failed due to validation errors",
+        invalid_parameters=[{"name": name, "reason": reason}],
+    )
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _public_state(state: State) -> dict[str, Any]:
@@ -640,9 +851,14 @@ def _public_state(state: State) -> dict[str, Any]:
                 "mo_callback_url": a.mo_callback_url,
                 "dr_callback_url": a.dr_callback_url,
                 "latency": a.latency,
+                "suspended": a.suspended,
+                "use_primary_account_balance": a.use_primary_account_balance,
+                "credit_limit": a.credit_limit,
+                "subaccounts_enabled": a.subaccounts_enabled,
             }
             for key, a in state.accounts.items()
         },
+        "transfers": list(state.transfers),
         "pending_topups": len(state.pending_credits),
         "topup_amount": state.topup_amount,
         "topup_lag": state.topup_lag,

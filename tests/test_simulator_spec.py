@@ -191,3 +191,129 @@ def test_a_fleet_of_accounts_each_with_its_own_state_faults_and_latency(sim: Sim
         simmod.DEFAULT_API_KEY,
     }
     assert all("Fleet-Secret" not in json.dumps(e) for e in sim.requests())
+
+
+# -- the Subaccounts API ----------------------------------------------------------------------------
+
+# A copy of ../shared/reference/vonage-subaccounts-api.yml, kept in the repo so tests run anywhere.
+SUBACCOUNTS_SPEC_PATH = Path(__file__).resolve().parent / "data" / "vonage-subaccounts-api.yml"
+SUBACCOUNT_PATHS = {
+    "retrieveSubaccountsList": ("/{api_key}/subaccounts", "get"),
+    "createSubAccount": ("/{api_key}/subaccounts", "post"),
+    "retrieveSubaccount": ("/{api_key}/subaccounts/{subaccount_key}", "get"),
+    "modifySubaccount": ("/{api_key}/subaccounts/{subaccount_key}", "patch"),
+    "retrieveBalanceTransfers": ("/{api_key}/balance-transfers", "get"),
+    "transferBalance": ("/{api_key}/balance-transfers", "post"),
+}
+SUBACCOUNTS_UNDOCUMENTED = {
+    ("retrieveBalanceTransfers", 422): "a listing without a start_date (our client always sends one)",
+}
+
+
+def _exercise_subaccounts(sim: Sim) -> list[tuple[str, int, requests.Response]]:
+    good = (simmod.DEFAULT_API_KEY, simmod.DEFAULT_API_SECRET)
+    bad = (simmod.DEFAULT_API_KEY, "Wrong-Secret-1")
+    key = simmod.DEFAULT_API_KEY
+    base = sim.url + f"/accounts/{key}"
+    s = requests.Session()
+    calls: list[tuple[str, requests.Response]] = []
+
+    def call(operation: str, method: str, path: str, auth: tuple[str, str] = good, **kw: Any) -> requests.Response:
+        url = path if path.startswith("http") else base + path
+        response = s.request(method, url, auth=auth, headers={"Accept": "application/json"}, timeout=5, **kw)
+        calls.append((operation, response))
+        return response
+
+    sim.control("POST", "/_sim/subaccounts", {"api_key": "own00001", "api_secret": "Own-Secret-01", "balance": 5.0})
+    sim.control("POST", "/_sim/subaccounts", {"api_key": "shared01", "api_secret": "Shared-Secret-1", "balance": None})
+    other = sim.url + "/accounts/unknown1"
+    for op, method, path, body in (
+        ("retrieveSubaccountsList", "GET", "/subaccounts", None),
+        ("createSubAccount", "POST", "/subaccounts", {"name": "Department B", "use_primary_account_balance": False}),
+        ("retrieveSubaccount", "GET", "/subaccounts/own00001", None),
+        ("modifySubaccount", "PATCH", "/subaccounts/own00001", {"name": "Department A"}),
+        ("transferBalance", "POST", "/balance-transfers", {"from": key, "to": "own00001", "amount": 5, "reference": "r1"}),
+        ("retrieveBalanceTransfers", "GET", "/balance-transfers?start_date=2020-01-01T00:00:00Z", None),
+    ):
+        call(op, method, path, json=body)
+        call(op, method, path, auth=bad, json=body)
+        call(op, method, other + path, json=body)
+    call("retrieveSubaccount", "GET", "/subaccounts/nosuch01")
+    call("modifySubaccount", "PATCH", "/subaccounts/own00001", json={"suspended": "yes"})
+    call("createSubAccount", "POST", "/subaccounts", json={"name": ""})
+    call("transferBalance", "POST", "/balance-transfers", json={"from": key, "to": "shared01", "amount": 1})
+    call("transferBalance", "POST", "/balance-transfers", json={"from": key, "to": "own00001", "amount": 1e6})
+    call("retrieveBalanceTransfers", "GET", "/balance-transfers")
+    sim.set(subaccounts_enabled=False)
+    for op, method, path in (
+        ("retrieveSubaccountsList", "GET", "/subaccounts"),
+        ("createSubAccount", "POST", "/subaccounts"),
+        ("retrieveSubaccount", "GET", "/subaccounts/own00001"),
+        ("modifySubaccount", "PATCH", "/subaccounts/own00001"),
+        ("transferBalance", "POST", "/balance-transfers"),
+        ("retrieveBalanceTransfers", "GET", "/balance-transfers?start_date=2020-01-01T00:00:00Z"),
+    ):
+        call(op, method, path, json={"name": "x"})
+    return [(op, r.status_code, r) for op, r in calls]
+
+
+def test_every_subaccounts_answer_matches_the_subaccounts_spec(sim: Sim) -> None:
+    spec: dict[str, Any] = yaml.safe_load(SUBACCOUNTS_SPEC_PATH.read_text())
+    seen: set[tuple[str, int]] = set()
+    for operation, status, response in _exercise_subaccounts(sim):
+        seen.add((operation, status))
+        path, method = SUBACCOUNT_PATHS[operation]
+        responses = _resolve(spec["paths"][path][method]["responses"], spec)
+        if str(status) not in responses:
+            assert (operation, status) in SUBACCOUNTS_UNDOCUMENTED, f"{operation} answered an undocumented {status}"
+            continue
+        schema = _nullable_where_described(
+            (responses[str(status)].get("content", {}).get("application/json") or {}).get("schema")
+        )
+        assert schema is not None
+        # the spec's schemas declare no required fields for successes: require what the client reads
+        jsonschema.validate(json.loads(response.content), schema, cls=jsonschema.Draft4Validator)
+    for operation, (path, method) in SUBACCOUNT_PATHS.items():
+        assert _spec_operation_id(spec, path, method).lower() == operation.lower()
+        for code in spec["paths"][path][method]["responses"]:
+            assert (operation, int(code)) in seen, f"{operation} {code} never produced"
+
+
+def _nullable_where_described(node: Any) -> Any:
+    """The spec says `balance` and `credit_limit` are null for a shared balance but declares them
+    `type: number` without `nullable`: read a field whose description says null as nullable
+    (docs/vonage-api-facts.md)."""
+    if isinstance(node, dict):
+        out = {k: _nullable_where_described(v) for k, v in node.items()}
+        if isinstance(out.get("type"), str) and "null" in str(out.get("description", "")).lower():
+            out["type"] = [out["type"], "null"]
+        return out
+    if isinstance(node, list):
+        return [_nullable_where_described(v) for v in node]
+    return node
+
+
+def _spec_operation_id(spec: dict[str, Any], path: str, method: str) -> str:
+    return str(spec["paths"][path][method]["operationId"])
+
+
+def test_the_subaccount_listing_carries_what_the_watcher_reads(sim: Sim) -> None:
+    """Shared balances are null, credit is a negative limit, suspension is shown (the spec's fields)."""
+    sim.control("POST", "/_sim/subaccounts", {"api_key": "own00001", "api_secret": "Own-Secret-01", "balance": 5.0})
+    sim.control(
+        "POST",
+        "/_sim/subaccounts",
+        {"api_key": "credit01", "api_secret": "Credit-Secret1", "balance": -3.0, "credit_limit": -50.0},
+    )
+    sim.control("POST", "/_sim/subaccounts", {"api_key": "shared01", "api_secret": "Shared-Secret-1", "balance": None})
+    sim.set(api_key="own00001", suspended=True)
+    answer = requests.get(
+        sim.url + f"/accounts/{simmod.DEFAULT_API_KEY}/subaccounts",
+        auth=(simmod.DEFAULT_API_KEY, simmod.DEFAULT_API_SECRET),
+        timeout=5,
+    ).json()["_embedded"]
+    assert answer["primary_account"]["api_key"] == simmod.DEFAULT_API_KEY
+    subs = {s["api_key"]: s for s in answer["subaccounts"]}
+    assert subs["shared01"]["balance"] is None and subs["shared01"]["use_primary_account_balance"] is True
+    assert subs["credit01"]["balance"] == -3.0 and subs["credit01"]["credit_limit"] == -50.0
+    assert subs["own00001"]["suspended"] is True and subs["own00001"]["balance"] == 5.0

@@ -1,13 +1,16 @@
 """A typed client for the eight operations of the Vonage Account API.
 
+Also the Subaccounts API's operations (docs/subaccounts.md), with the same deadlines, errors and
+redaction: a primary's credentials list its subaccounts and move money to them.
+
 Design points (docs/client.md; the real API's undocumented rules: docs/vonage-api-facts.md):
 - HTTP Basic auth on every operation, so the secret never sits in a URL (nor in access logs).
 - Every call has connect and read timeouts and one overall deadline, retries included.
 - Answers are read under the same deadline, through the last byte, and capped in size (the
   Account API's answers are a few hundred bytes; anything past MAX_ANSWER_BYTES is refused).
 - Only GETs are retried (connection errors, 429 with a short Retry-After, 5xx), with capped
-  exponential backoff and full jitter. POSTs and DELETEs are sent once: a top-up must never be
-  re-sent by a transport layer.
+  exponential backoff and full jitter. POSTs, PATCHes and DELETEs are sent once: a top-up or a
+  balance transfer must never be re-sent by a transport layer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import requests
@@ -29,7 +33,17 @@ from urllib3.exceptions import NewConnectionError, ReadTimeoutError
 from . import deadline as invocation
 from . import errors
 from .config import Timeouts
-from .models import AccountSettings, Balance, SecretInfo, SenderRegistration, TopUpResult
+from .models import (
+    AccountSettings,
+    Balance,
+    BalanceTransfer,
+    SecretInfo,
+    SenderRegistration,
+    Subaccount,
+    SubaccountCreated,
+    SubaccountListing,
+    TopUpResult,
+)
 from .wire import error_for, parse_body, sanitized
 
 REST_BASE_URL = "https://rest.nexmo.com"
@@ -40,6 +54,10 @@ SECRET_MIN_LENGTH = 8
 SECRET_MAX_LENGTH = 25
 MAX_URL_LENGTH = 2048
 MAX_ANSWER_BYTES = 256 * 1024
+# The Subaccounts API lists every subaccount (and every transfer of a window) in one unpaged answer:
+# about 250 bytes each, so a primary with thousands of subaccounts answers megabytes.
+MAX_LISTING_BYTES = 16 * 1024 * 1024
+MAX_TRANSFER_EUR = 100_000.0
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 EMAIL_PATTERN = r"^[^@\s<>\"']{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 _EMAIL = re.compile(EMAIL_PATTERN)
@@ -208,13 +226,141 @@ class AccountClient:
         operation = "revokeAPISecret"
         self._call(operation, "DELETE", self._secrets_url(operation, api_key, secret_id))
 
+    # -- the Subaccounts API (https://api.nexmo.com/accounts, the primary's credentials) --------
+
+    def list_subaccounts(self) -> SubaccountListing:
+        """The primary and all its subaccounts with their balances: one call, however many."""
+        operation = "retrieveSubaccountsList"
+        body = self._call(operation, "GET", self._subaccounts_url(operation), max_bytes=MAX_LISTING_BYTES)
+        embedded = body.get("_embedded")
+        primary = embedded.get("primary_account") if isinstance(embedded, dict) else None
+        items = embedded.get("subaccounts") if isinstance(embedded, dict) else None
+        if not isinstance(primary, dict) or not isinstance(items, list):
+            raise errors.UnreadableResponseError(
+                f"{operation}: answer has no _embedded.primary_account and subaccounts list",
+                operation=operation,
+                status=200,
+            )
+        return SubaccountListing(
+            primary=self._model(operation, Subaccount, primary),
+            subaccounts=[self._model(operation, Subaccount, item) for item in items],
+        )
+
+    def get_subaccount(self, subaccount_key: str) -> Subaccount:
+        operation = "retrieveSubaccount"
+        url = self._subaccounts_url(operation, subaccount_key)
+        return self._model(operation, Subaccount, self._call(operation, "GET", url))
+
+    def create_subaccount(
+        self, name: str, *, secret: str | SecretStr | None = None, use_primary_account_balance: bool = True
+    ) -> SubaccountCreated:
+        """Sent once (a retry could create a second subaccount)."""
+        operation = "createSubAccount"
+        if not name or len(name) > 80 or not name.isprintable():
+            raise errors.InvalidInputError("name", "must be 1-80 printable characters", operation=operation)
+        payload: dict[str, Any] = {"name": name, "use_primary_account_balance": use_primary_account_balance}
+        if secret is not None:
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+            violation = secret_rule_violation(value)
+            if violation:
+                raise errors.InvalidInputError("secret", violation, operation=operation)
+            payload["secret"] = value
+        body = self._call(operation, "POST", self._subaccounts_url(operation), json_body=payload)
+        return self._model(operation, SubaccountCreated, body)
+
+    def modify_subaccount(
+        self,
+        subaccount_key: str,
+        *,
+        suspended: bool | None = None,
+        use_primary_account_balance: bool | None = None,
+        name: str | None = None,
+    ) -> Subaccount:
+        operation = "modifySubaccount"
+        payload: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("suspended", suspended),
+                ("use_primary_account_balance", use_primary_account_balance),
+                ("name", name),
+            )
+            if v is not None
+        }
+        if not payload:
+            raise errors.InvalidInputError("body", "name at least one property to change", operation=operation)
+        if name is not None and (not name or len(name) > 80 or not name.isprintable()):
+            raise errors.InvalidInputError("name", "must be 1-80 printable characters", operation=operation)
+        url = self._subaccounts_url(operation, subaccount_key)
+        return self._model(operation, Subaccount, self._call(operation, "PATCH", url, json_body=payload))
+
+    def transfer_balance(
+        self, to: str, amount: float, reference: str, *, from_account: str | None = None
+    ) -> BalanceTransfer:
+        """Move money from the primary (or `from_account`) to a subaccount. Sent once, never retried:
+        after a timeout, 5xx or reset the outcome is unknown, and `reference` is how the caller finds
+        out (list_balance_transfers shows it)."""
+        operation = "transferBalance"
+        source = from_account or self.api_key
+        for field, key in (("to", to), ("from", source)):
+            if not _PATH_SEGMENT.match(key):
+                raise errors.InvalidInputError(field, "must be letters, digits, '-' or '_'", operation=operation)
+        if not (isinstance(amount, int | float) and 0 < amount <= MAX_TRANSFER_EUR) or amount != round(amount, 2):
+            raise errors.InvalidInputError(
+                "amount", f"must be more than 0 and at most {MAX_TRANSFER_EUR:.0f}, in cents", operation=operation
+            )
+        if not reference or len(reference) > 100 or not reference.isprintable():
+            raise errors.InvalidInputError("reference", "must be 1-100 printable characters", operation=operation)
+        payload = {"from": source, "to": to, "amount": amount, "reference": reference}
+        body = self._call(operation, "POST", self._transfers_url(operation), json_body=payload)
+        return self._model(operation, BalanceTransfer, body)
+
+    def list_balance_transfers(
+        self, start: datetime, end: datetime | None = None, *, subaccount: str | None = None
+    ) -> list[BalanceTransfer]:
+        """The balance transfers of a window (to now when `end` is None), each with its reference."""
+        operation = "retrieveBalanceTransfers"
+        params = {"start_date": _iso(start)}
+        if end is not None:
+            params["end_date"] = _iso(end)
+        if subaccount is not None:
+            if not _PATH_SEGMENT.match(subaccount):
+                raise errors.InvalidInputError(
+                    "subaccount", "must be letters, digits, '-' or '_'", operation=operation
+                )
+            params["subaccount"] = subaccount
+        body = self._call(
+            operation, "GET", self._transfers_url(operation), params=params, max_bytes=MAX_LISTING_BYTES
+        )
+        embedded = body.get("_embedded")
+        items = embedded.get("balance_transfers") if isinstance(embedded, dict) else None
+        if not isinstance(items, list):
+            raise errors.UnreadableResponseError(
+                f"{operation}: answer has no _embedded.balance_transfers list", operation=operation, status=200
+            )
+        return [self._model(operation, BalanceTransfer, item) for item in items]
+
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _secrets_url(self, operation: str, api_key: str | None, secret_id: str | None = None) -> str:
-        key = api_key or self.api_key
+    def _subaccounts_url(self, operation: str, subaccount_key: str | None = None) -> str:
+        url = f"{self._account_url(operation, self.api_key)}/subaccounts"
+        if subaccount_key is not None:
+            if not _PATH_SEGMENT.match(subaccount_key):
+                raise errors.InvalidInputError(
+                    "subaccount_key", "must be letters, digits, '-' or '_'", operation=operation
+                )
+            url += f"/{subaccount_key}"
+        return url
+
+    def _transfers_url(self, operation: str) -> str:
+        return f"{self._account_url(operation, self.api_key)}/balance-transfers"
+
+    def _account_url(self, operation: str, key: str) -> str:
         if not _PATH_SEGMENT.match(key):
             raise errors.InvalidInputError("api_key", "must be letters, digits, '-' or '_'", operation=operation)
-        url = f"{self.api_base_url}/accounts/{key}/secrets"
+        return f"{self.api_base_url}/accounts/{key}"
+
+    def _secrets_url(self, operation: str, api_key: str | None, secret_id: str | None = None) -> str:
+        url = f"{self._account_url(operation, api_key or self.api_key)}/secrets"
         if secret_id is not None:
             if not _PATH_SEGMENT.match(secret_id):
                 raise errors.InvalidInputError("secret_id", "must be letters, digits, '-' or '_'", operation=operation)
@@ -241,6 +387,8 @@ class AccountClient:
         *,
         form: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        max_bytes: int = MAX_ANSWER_BYTES,
     ) -> dict[str, Any]:
         opts = self.options
         retryable = method == "GET"
@@ -248,7 +396,7 @@ class AccountClient:
         attempt = 0
         while True:
             attempt += 1
-            error = self._attempt(operation, method, url, form, json_body, deadline)
+            error = self._attempt(operation, method, url, form, json_body, deadline, params, max_bytes)
             if isinstance(error, dict):
                 return error
             if not retryable or attempt >= opts.max_attempts or not _is_retryable(error):
@@ -273,6 +421,8 @@ class AccountClient:
         form: dict[str, str] | None,
         json_body: dict[str, Any] | None,
         deadline: float,
+        params: dict[str, str] | None = None,
+        max_bytes: int = MAX_ANSWER_BYTES,
     ) -> dict[str, Any] | errors.AccountApiError:
         """One exchange: the parsed body on success, else the typed error (returned, not raised)."""
         opts = self.options
@@ -287,6 +437,7 @@ class AccountClient:
             response = self._session.request(
                 method,
                 url,
+                params=params,
                 data=form,
                 json=json_body,
                 headers=headers,
@@ -306,10 +457,10 @@ class AccountClient:
                 f"{operation}: {what} ({type(exc).__name__})", operation=operation, request_sent=sent
             )
         try:
-            content = _read_answer(response, deadline)
+            content = _read_answer(response, deadline, max_bytes)
         except _AnswerTooLarge:
             return errors.UnreadableResponseError(
-                f"{operation}: answer larger than {MAX_ANSWER_BYTES} bytes",
+                f"{operation}: answer larger than {max_bytes} bytes",
                 operation=operation,
                 status=response.status_code,
             )
@@ -353,11 +504,11 @@ class _AnswerTooSlow(Exception):
     pass
 
 
-def _read_answer(response: requests.Response, deadline: float) -> bytes:
-    """The body, read one socket read at a time until the deadline and at most MAX_ANSWER_BYTES.
+def _read_answer(response: requests.Response, deadline: float, max_bytes: int = MAX_ANSWER_BYTES) -> bytes:
+    """The body, read one socket read at a time until the deadline and at most `max_bytes`.
     At the deadline the socket is shut, so a read blocked on a trickle returns at once."""
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+    if declared.isdigit() and int(declared) > max_bytes:
         raise _AnswerTooLarge
     connection = getattr(response.raw, "_connection", None)  # urllib3's, while the body is unread
     sock = getattr(connection, "sock", None)
@@ -393,11 +544,17 @@ def _read_answer(response: requests.Response, deadline: float) -> bytes:
                     raise _AnswerTooSlow
                 return b"".join(chunks)
             size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
+            if size > max_bytes:
                 raise _AnswerTooLarge
             chunks.append(chunk)
     finally:
         watchdog.cancel()
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("a transfer window needs timezone-aware times")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _new_session() -> requests.Session:

@@ -80,6 +80,11 @@ class MaxSecretsError(ForbiddenError):
     """403: the account already holds the maximum number of API secrets (two)."""
 
 
+class SubaccountsNotEnabledError(ForbiddenError):
+    """403 from the Subaccounts API: the account is not provisioned for it (restricted availability
+    at Vonage). A state to report, not a failure to retry."""
+
+
 class LastSecretError(ForbiddenError):
     """403: the secret is the account's last one and cannot be revoked."""
 

@@ -52,6 +52,64 @@ class SecretInfo(_WireModel):
     created_at: datetime
 
 
+def _finite(value: float | None) -> float | None:
+    if value is not None and (math.isnan(value) or math.isinf(value)):
+        raise ValueError("not a finite number")
+    return value
+
+
+class Subaccount(_WireModel):
+    """A subaccount (or the primary) as the Subaccounts API lists it. A subaccount that shares the
+    primary's balance has `balance` and `credit_limit` null; one with credit has a negative
+    `credit_limit` and may spend down to it, so a negative balance is low, not unreadable."""
+
+    api_key: str = Field(min_length=1)
+    name: str = ""
+    primary_account_api_key: str = ""
+    use_primary_account_balance: bool = False
+    created_at: datetime | None = None
+    suspended: bool = False
+    balance: float | None = None
+    credit_limit: float | None = None
+
+    _check_balance = field_validator("balance", "credit_limit")(_finite)
+
+    @property
+    def shares_balance(self) -> bool:
+        return self.use_primary_account_balance or self.balance is None
+
+    @property
+    def available(self) -> float:
+        """What it can spend or give: down to its credit limit (the spec: |balance - credit_limit|)."""
+        if self.balance is None:
+            return 0.0
+        return max(0.0, self.balance - min(0.0, self.credit_limit or 0.0))
+
+
+class SubaccountCreated(Subaccount):
+    secret: SecretStr | None = None  # the new subaccount's API secret: never logged, never answered
+
+
+class SubaccountListing(BaseModel):
+    """GET /{api_key}/subaccounts: the primary and every subaccount, balances included, in one call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    primary: Subaccount
+    subaccounts: list[Subaccount]
+
+
+class BalanceTransfer(_WireModel):
+    balance_transfer_id: str = Field(min_length=1)
+    amount: float
+    from_account: str = Field(alias="from")
+    to_account: str = Field(alias="to")
+    reference: str = ""
+    created_at: datetime | None = None
+
+    _check_amount = field_validator("amount")(_finite)
+
+
 # What the stack's first deploy puts in the secret until the operator fills it in.
 PLACEHOLDER = "REPLACE_ME"
 

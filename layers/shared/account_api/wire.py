@@ -75,6 +75,18 @@ def sanitized(error: errors.AccountApiError, redact: Sequence[str]) -> errors.Ac
     return error
 
 
+SUBACCOUNT_OPERATIONS = frozenset(
+    {
+        "retrieveSubaccountsList",
+        "retrieveSubaccount",
+        "createSubAccount",
+        "modifySubaccount",
+        "transferBalance",
+        "retrieveBalanceTransfers",
+    }
+)
+
+
 def error_for(
     operation: str,
     status: int,
@@ -112,6 +124,8 @@ def error_for(
     if status == 400 and body.get("invalid_parameters") and operation == "createAPISecret":
         return errors.SecretRulesError(message, **kwargs)
     if status == 403:
+        if operation in SUBACCOUNT_OPERATIONS or "unprovisioned" in label or "not provisioned" in label:
+            return errors.SubaccountsNotEnabledError(message, **kwargs)
         if "maximum" in label:
             return errors.MaxSecretsError(message, **kwargs)
         if "last" in label and "secret" in label:
