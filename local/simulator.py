@@ -102,7 +102,7 @@ class Account:
     use_primary_account_balance: bool = False
     suspended: bool = False
     credit_limit: float = 0.0
-    created_at: str = field(default_factory=lambda: _now())
+    created_at: str = field(default_factory=_now)
     subaccounts_enabled: bool = True
 
     def authenticates(self, secret: str) -> bool:
@@ -397,20 +397,46 @@ class SimulatorHandler(BaseHTTPRequestHandler):
     ) -> tuple[int, Any, str | None, dict[str, str] | None]:
         state = self.server.state
         if not caller:
-            return 401, _problem("#unauthorized", "Invalid credentials supplied", "You did not provide correct credentials"), None, None
+            return (
+                401,
+                _problem("#unauthorized", "Invalid credentials supplied", "You did not provide correct credentials"),
+                None,
+                None,
+            )
         key = params["key"]
         if key != caller.api_key:
-            return 404, _problem("#invalid-api-key", "Invalid API Key", f"API key '{key}' does not exist, or you do not have access"), None, None
+            return (
+                404,
+                _problem(
+                    "#invalid-api-key", "Invalid API Key", f"API key '{key}' does not exist, or you do not have access"
+                ),
+                None,
+                None,
+            )
         if caller.parent is not None or not caller.subaccounts_enabled:
             return (
                 403,
-                _problem("#unprovisioned", "Authorisation error", f"Account {key} is not provisioned to access Subaccount Provisioning API"),
+                _problem(
+                    "#unprovisioned",
+                    "Authorisation error",
+                    f"Account {key} is not provisioned to access Subaccount Provisioning API",
+                ),
                 None,
                 None,
             )
         family = [a for a in state.accounts.values() if a.parent == key]
         if operation == "retrieveSubaccountsList":
-            return 200, {"_embedded": {"primary_account": _subaccount_view(caller), "subaccounts": [_subaccount_view(a) for a in family]}}, None, None
+            return (
+                200,
+                {
+                    "_embedded": {
+                        "primary_account": _subaccount_view(caller),
+                        "subaccounts": [_subaccount_view(a) for a in family],
+                    }
+                },
+                None,
+                None,
+            )
         if operation == "retrieveBalanceTransfers":
             return self._list_transfers(key, family, query)
         data = _json_object(body)
@@ -426,29 +452,51 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             secret = data.get("secret") if data.get("secret") is not None else "Sub" + secrets.token_hex(6) + "A1"
             if _secret_rule_problem(secret):
                 return 422, _invalid("secret", str(_secret_rule_problem(secret))), None, None
-            sub = Account(
-                api_key=secrets.token_hex(4), secrets=[Secret(str(uuid.uuid4()), str(secret), _now())],
-                balance=0.0, auto_reload=False, trx="", parent=key, name=name, use_primary_account_balance=shared,
+            created = Account(
+                api_key=secrets.token_hex(4),
+                secrets=[Secret(str(uuid.uuid4()), str(secret), _now())],
+                balance=0.0,
+                auto_reload=False,
+                trx="",
+                parent=key,
+                name=name,
+                use_primary_account_balance=shared,
             )
-            state.accounts[sub.api_key] = sub
-            return 200, {**_subaccount_view(sub), "secret": secret}, None, None
+            state.accounts[created.api_key] = created
+            return 200, {**_subaccount_view(created), "secret": secret}, None, None
         if operation in ("retrieveSubaccount", "modifySubaccount"):
             sub = next((a for a in family if a.api_key == params["sub"]), None)
             if sub is None:
-                return 404, _problem("#invalid-api-key", "Invalid API Key", f"API key '{params['sub']}' does not exist, or you do not have access"), None, None
+                return (
+                    404,
+                    _problem(
+                        "#invalid-api-key",
+                        "Invalid API Key",
+                        f"API key '{params['sub']}' does not exist, or you do not have access",
+                    ),
+                    None,
+                    None,
+                )
             if operation == "modifySubaccount":
                 for name, kind in (("suspended", bool), ("use_primary_account_balance", bool), ("name", str)):
                     if name in data and not isinstance(data[name], kind):
                         return 422, _invalid(name, f"must be a {kind.__name__}"), None, None
                 if data.get("use_primary_account_balance") is True and not sub.use_primary_account_balance:
-                    return 422, _invalid("use_primary_account_balance", "A subaccount cannot go back to the primary's balance"), None, None
+                    return (
+                        422,
+                        _invalid("use_primary_account_balance", "A subaccount cannot go back to the primary's balance"),
+                        None,
+                        None,
+                    )
                 for name in ("suspended", "use_primary_account_balance", "name"):
                     if name in data:
                         setattr(sub, name, data[name])
             return 200, _subaccount_view(sub), None, None
         return self._transfer(caller, family, data)
 
-    def _transfer(self, primary: Account, family: list[Account], data: dict[str, Any]) -> tuple[int, Any, str | None, dict[str, str] | None]:
+    def _transfer(
+        self, primary: Account, family: list[Account], data: dict[str, Any]
+    ) -> tuple[int, Any, str | None, dict[str, str] | None]:
         state = self.server.state
         members = {a.api_key: a for a in [primary, *family]}
         source, target = members.get(str(data.get("from"))), members.get(str(data.get("to")))
@@ -458,7 +506,12 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 return 422, _invalid(name, "must be the primary account or one of its subaccounts"), None, None
         assert source is not None and target is not None
         if source is target or primary not in (source, target):
-            return 422, _invalid("to", "a transfer is between the primary account and one of its subaccounts"), None, None
+            return (
+                422,
+                _invalid("to", "a transfer is between the primary account and one of its subaccounts"),
+                None,
+                None,
+            )
         if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 < amount <= 1_000_000:
             return 422, _invalid("amount", "must be a positive number"), None, None
         for name, account in (("from", source), ("to", target)):
@@ -481,7 +534,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
         state.transfers.append(transfer)
         return 200, transfer, None, None
 
-    def _list_transfers(self, key: str, family: list[Account], query: str) -> tuple[int, Any, str | None, dict[str, str] | None]:
+    def _list_transfers(
+        self, key: str, family: list[Account], query: str
+    ) -> tuple[int, Any, str | None, dict[str, str] | None]:
         qs = urllib.parse.parse_qs(query)
         try:
             start = _parse_time(qs["start_date"][0])
@@ -709,8 +764,16 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             elif path == "/_sim/state":
                 account = state.accounts[data.get("api_key") or next(iter(state.accounts))]
                 for name in (
-                    "balance", "auto_reload", "payment_refused", "trx", "latency",
-                    "suspended", "use_primary_account_balance", "credit_limit", "subaccounts_enabled", "name",
+                    "balance",
+                    "auto_reload",
+                    "payment_refused",
+                    "trx",
+                    "latency",
+                    "suspended",
+                    "use_primary_account_balance",
+                    "credit_limit",
+                    "subaccounts_enabled",
+                    "name",
                 ):
                     if name in data:
                         setattr(account, name, data[name])

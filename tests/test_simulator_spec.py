@@ -232,7 +232,12 @@ def _exercise_subaccounts(sim: Sim) -> list[tuple[str, int, requests.Response]]:
         ("createSubAccount", "POST", "/subaccounts", {"name": "Department B", "use_primary_account_balance": False}),
         ("retrieveSubaccount", "GET", "/subaccounts/own00001", None),
         ("modifySubaccount", "PATCH", "/subaccounts/own00001", {"name": "Department A"}),
-        ("transferBalance", "POST", "/balance-transfers", {"from": key, "to": "own00001", "amount": 5, "reference": "r1"}),
+        (
+            "transferBalance",
+            "POST",
+            "/balance-transfers",
+            {"from": key, "to": "own00001", "amount": 5, "reference": "r1"},
+        ),
         ("retrieveBalanceTransfers", "GET", "/balance-transfers?start_date=2020-01-01T00:00:00Z", None),
     ):
         call(op, method, path, json=body)

@@ -152,6 +152,7 @@ class RunResult(BaseModel):
     balance: float | None = None
     auto_reload: bool | None = None
     detail: str = ""
+    subaccounts: dict[str, Any] | None = None  # a primary's tick: what its subaccounts came to
 
 
 class PendingAlert(BaseModel):
@@ -225,7 +226,9 @@ class BalanceWatcher:
         settings = WatcherSettings.from_environment()
         return cls(settings, VonageAccount.from_environment(), WatcherStore(settings), Alerts(settings.alert_topic_arn))
 
-    def run(self, run: ScheduledRun, now: float | None = None) -> RunResult:
+    def run(self, run: ScheduledRun, now: float | None = None, *, reserve: float = 0.0) -> RunResult:
+        """`reserve`: money the account is about to give away this tick (a primary's transfers to
+        its subaccounts), so a top-up is due when the balance less the reserve is below the threshold."""
         now = time.time() if now is None else now
         credentials = self.account.credentials()
         if credentials.is_placeholder:  # the first deploy's state: say so once a run, never retry
@@ -245,7 +248,7 @@ class BalanceWatcher:
             decision = Decision.from_record(claim.record)
         else:
             try:
-                decision = self._decide(key, run, now)
+                decision = self._decide(key, run, now, reserve)
                 self._record(key, run, decision)
             except Exception:
                 self.store.release_claim(key, run.key, claim.token)  # nothing decided: the retry decides
@@ -260,7 +263,7 @@ class BalanceWatcher:
 
     # -- the decision: reads only -----------------------------------------------------------------
 
-    def _decide(self, key: str, run: ScheduledRun, now: float) -> Decision:
+    def _decide(self, key: str, run: ScheduledRun, now: float, reserve: float = 0.0) -> Decision:
         lease = self.store.lease(key)
         if lease.take_of(run.key) is not None:  # an attempt of this run took the lease: carry that out
             return self._top_up_decision(RunResult(outcome=Outcome.TOPUP_UNKNOWN, scheduled_time=run.key), lease)
@@ -282,19 +285,23 @@ class BalanceWatcher:
         if self.settings.account_label is None:  # the stack's own account: its alarms read these
             metrics.add_metric(name="BalanceEUR", unit=MetricUnit.NoUnit, value=balance.value)
             metrics.add_metric(name="AutoReloadEnabled", unit=MetricUnit.Count, value=1 if balance.auto_reload else 0)
-        return self._decide_on(key, run, now, balance, lease)
+        return self._decide_on(key, run, now, balance, lease, reserve)
 
-    def _decide_on(self, key: str, run: ScheduledRun, now: float, balance: Balance, lease: Lease) -> Decision:
+    def _decide_on(
+        self, key: str, run: ScheduledRun, now: float, balance: Balance, lease: Lease, reserve: float = 0.0
+    ) -> Decision:
         result = RunResult(
             outcome=Outcome.OK, scheduled_time=run.key, balance=balance.value, auto_reload=balance.auto_reload
         )
         value, threshold = f"{balance.value:.2f}", f"{self.settings.threshold:.2f}"
+        if reserve > 0:  # the threshold the balance must meet, with what the subaccounts need on top
+            threshold = f"{self.settings.threshold + reserve:.2f} ({threshold} plus {reserve:.2f} for subaccounts)"
 
         def low(outcome: Outcome, kind: str, subject: str, message: str, detail: str = "") -> Decision:
             alert = PendingAlert(kind=kind, subject=subject, message=message)
             return Decision(result=result.model_copy(update={"outcome": outcome, "detail": detail}), alerts=[alert])
 
-        if balance.value >= self.settings.threshold:
+        if balance.value >= self.settings.threshold + reserve:
             episode_open = bool(self.store.open_alerts(key))
             recovered = PendingAlert(
                 subject="Vonage balance recovered",

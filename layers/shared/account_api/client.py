@@ -324,13 +324,9 @@ class AccountClient:
             params["end_date"] = _iso(end)
         if subaccount is not None:
             if not _PATH_SEGMENT.match(subaccount):
-                raise errors.InvalidInputError(
-                    "subaccount", "must be letters, digits, '-' or '_'", operation=operation
-                )
+                raise errors.InvalidInputError("subaccount", "must be letters, digits, '-' or '_'", operation=operation)
             params["subaccount"] = subaccount
-        body = self._call(
-            operation, "GET", self._transfers_url(operation), params=params, max_bytes=MAX_LISTING_BYTES
-        )
+        body = self._call(operation, "GET", self._transfers_url(operation), params=params, max_bytes=MAX_LISTING_BYTES)
         embedded = body.get("_embedded")
         items = embedded.get("balance_transfers") if isinstance(embedded, dict) else None
         if not isinstance(items, list):

@@ -29,6 +29,7 @@ from .config import ConfigurationError, model_from_environment
 from .credentials import VonageAccount
 from .observability import logger, metrics
 from .registry import FleetAccount, Registry, TopUpMode
+from .subaccounts import SubaccountFunder
 
 SQS_BATCH_LIMIT = 10  # SendMessageBatch takes at most ten entries
 SEND_ATTEMPTS = 3  # entries SQS refused are sent again this many times before the tick fails
@@ -178,7 +179,11 @@ class FleetWatcher:
         logger.thread_safe_append_keys(account=account.api_key, scheduled_time=run.key)
         try:
             watcher = self._watcher(account)
-            result = watcher.run(run, now)
+            if account.is_primary:  # its subaccounts listed, and funded, in the same tick
+                result, funding = SubaccountFunder(account, watcher).run(run, now)
+                result = result.model_copy(update={"subaccounts": funding.model_dump(mode="json")})
+            else:
+                result = watcher.run(run, now)
             state = balance_state(result.balance, watcher.settings)
             if state == "critical":  # one count for the fleet, never a metric of the account's own
                 metrics.add_metric(name="FleetAccountsCritical", unit=MetricUnit.Count, value=1)

@@ -40,6 +40,66 @@ class TopUpMode(StrEnum):
     OFF = "off"  # watch and alert on a low balance; top-ups are this account's owner's business
 
 
+class SubaccountSettings(BaseModel):
+    """What an operator sets for one subaccount of a primary; None means the primary's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold_eur: float | None = Field(default=None, ge=-100_000, le=100_000)  # negative: spend into credit
+    transfer_eur: float | None = Field(default=None, gt=0, le=10_000, multiple_of=0.01)
+    transfer_cooldown_minutes: int | None = Field(default=None, ge=1, le=24 * 60)
+    daily_transfer_cap: int | None = Field(default=None, ge=0, le=50)
+    enabled: bool = True  # watched (with the rule "listed": only the subaccounts listed here)
+
+
+class SubaccountDefaults(BaseModel):
+    """The settings of a subaccount nobody configured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold_eur: float = Field(default=5.0, ge=-100_000, le=100_000)
+    transfer_eur: float = Field(default=20.0, gt=0, le=10_000, multiple_of=0.01)
+    transfer_cooldown_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    daily_transfer_cap: int = Field(default=3, ge=0, le=50)
+
+
+MAX_CONFIGURED_SUBACCOUNTS = 1000  # keeps the primary's registry item far below DynamoDB's 400 KB
+
+
+class SubaccountsRule(BaseModel):
+    """Marks a fleet account as a primary whose subaccounts each tick lists and funds: all of them,
+    or only those listed in `accounts`; each with its own settings, or the defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    watch: Literal["all", "listed"] = "all"
+    defaults: SubaccountDefaults = SubaccountDefaults()
+    accounts: dict[str, SubaccountSettings] = Field(default_factory=dict, max_length=MAX_CONFIGURED_SUBACCOUNTS)
+
+    @field_validator("accounts")
+    @classmethod
+    def _keys(cls, value: dict[str, SubaccountSettings]) -> dict[str, SubaccountSettings]:
+        bad = [k for k in value if not re.match(API_KEY_PATTERN, k)]
+        if bad:
+            raise ValueError(f"not an api_key: {bad[0][:40]!r}")
+        return value
+
+    def settings_for(self, api_key: str) -> SubaccountDefaults | None:
+        """The subaccount's effective settings, or None when it is not watched."""
+        own = self.accounts.get(api_key)
+        if own is None:
+            return self.defaults if self.watch == "all" else None
+        if not own.enabled:
+            return None
+        return self.defaults.model_copy(update=own.model_dump(exclude_none=True, exclude={"enabled"}))
+
+    def with_account(self, api_key: str, settings: SubaccountSettings | None) -> SubaccountsRule:
+        accounts = {k: v for k, v in self.accounts.items() if k != api_key}
+        if settings is not None:
+            accounts[api_key] = settings
+        return self.model_copy(update={"accounts": dict(sorted(accounts.items()))})
+
+
 class AccountSettings(BaseModel):
     """What an operator sets for one account; None means the stack's default (its parameters)."""
 
@@ -53,6 +113,7 @@ class AccountSettings(BaseModel):
     alert_cooldown_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
     daily_topup_cap: int | None = Field(default=None, ge=0, le=50)
     enabled: bool = True
+    subaccounts: SubaccountsRule | None = None  # set: a primary that funds its subaccounts
 
     @model_validator(mode="after")
     def _critical_below_threshold(self) -> AccountSettings:
@@ -79,10 +140,17 @@ class FleetAccount(BaseModel):
     version: int = Field(default=0, ge=0)
     created_at: str = ""
     removed_at: str | None = None
+    # set: a subaccount of that fleet account, here for its secret's rotation (with the primary's
+    # credentials); its balance is watched and funded through its primary's tick, not its own
+    primary: str | None = Field(default=None, pattern=API_KEY_PATTERN)
 
     @property
     def watched(self) -> bool:
-        return self.settings.enabled and self.removed_at is None
+        return self.settings.enabled and self.removed_at is None and self.primary is None
+
+    @property
+    def is_primary(self) -> bool:
+        return self.settings.subaccounts is not None
 
     @property
     def label(self) -> str:
@@ -105,6 +173,8 @@ def _to_item(account: FleetAccount) -> dict[str, Any]:
     }
     if account.removed_at:
         item["removed_at"] = {"S": account.removed_at}
+    if account.primary:
+        item["primary"] = {"S": account.primary}
     return item
 
 
@@ -117,6 +187,7 @@ def _from_item(item: dict[str, Any]) -> FleetAccount:
             version=int(item.get("version", {}).get("N") or 0),
             created_at=item.get("created_at", {}).get("S", ""),
             removed_at=item.get("removed_at", {}).get("S"),
+            primary=item.get("primary", {}).get("S"),
         )
     except (KeyError, ValueError, ValidationError):
         # an item written by hand or by a newer release: never guess, say which one
@@ -159,11 +230,13 @@ class Registry:
             kwargs |= {"FilterExpression": "watched = :t", "ExpressionAttributeValues": {":t": {"BOOL": True}}}
         return [item for page in self.ddb.get_paginator("scan").paginate(**kwargs) for item in page.get("Items", [])]
 
-    def add(self, api_key: str, secret_arn: str, settings: AccountSettings) -> FleetAccount:
+    def add(
+        self, api_key: str, secret_arn: str, settings: AccountSettings, *, primary: str | None = None
+    ) -> FleetAccount:
         """A new account, or one removed before coming back (its history is kept under the key)."""
         existing = self.get(api_key)
         if existing is not None and existing.removed_at is None:
-            if existing.secret_arn == secret_arn and existing.settings == settings:
+            if existing.secret_arn == secret_arn and existing.settings == settings and existing.primary == primary:
                 return existing  # this very add, retried after its answer was lost
             raise RegistryError(f"the account {api_key} is already in the fleet", kind="exists")
         account = FleetAccount(
@@ -172,6 +245,7 @@ class Registry:
             settings=settings,
             version=(existing.version + 1) if existing else 1,
             created_at=_now(),
+            primary=primary,
         )
         self._write(account, expected=existing)
         return account

@@ -55,6 +55,7 @@ class Take:
 
     outcome: str
     detail: str = ""
+    at: float = 0.0  # when the lease was taken
 
     @property
     def pending(self) -> bool:
@@ -91,10 +92,19 @@ class Lease:
         entry = self.item.get("takes", {}).get("M", {}).get(run_key)
         if entry is not None:
             values = entry.get("M", {})
-            return Take(values.get("outcome", {}).get("S", PENDING), values.get("detail", {}).get("S", ""))
+            return Take(
+                values.get("outcome", {}).get("S", PENDING),
+                values.get("detail", {}).get("S", ""),
+                float(values.get("at", {}).get("N", "0")),
+            )
         if self.item.get("run", {}).get("S") == run_key:
             return Take(self.last_outcome or PENDING)
         return None
+
+    def pending_takes(self) -> dict[str, Take]:
+        """Every take whose outcome is not known yet, by run."""
+        takes = {run: self.take_of(run) for run in self.item.get("takes", {}).get("M", {})}
+        return {run: take for run, take in takes.items() if take is not None and take.pending}
 
     def recent_takes(self, now: float) -> dict[str, Any]:
         takes: dict[str, Any] = self.item.get("takes", {}).get("M", {})
