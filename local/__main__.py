@@ -72,6 +72,7 @@ def up(args: argparse.Namespace) -> int:
         tick_seconds=args.tick,
         topup_lag=args.topup_lag,
         accounts=args.accounts,
+        subaccounts=args.subaccounts,
         fleet_concurrency=args.fleet_concurrency,
     )
     running = _already_running(STATE_FILE)
@@ -218,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--topup-lag", type=float, default=5.0, help="seconds before a top-up shows in the balance")
     p_up.add_argument(
         "--accounts", type=_count, default=0, help="fleet accounts to add besides the stack's own (default 0)"
+    )
+    p_up.add_argument(
+        "--subaccounts",
+        type=_count,
+        default=0,
+        help="start a primary (prim0001) with this many subaccounts that it watches and funds (default 0)",
     )
     p_up.add_argument(
         "--fleet-concurrency", type=_count, default=5, help="fleet batches decided at once (default 5, as deployed)"

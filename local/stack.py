@@ -46,6 +46,7 @@ LOCAL_IDENTITY = "arn:aws:iam::000000000000:user/local-developer"
 FUNCTIONS = ("settings_api", "balance_watcher", "secret_rotation")
 FLEET_SECRET_PREFIX = "account-ops/accounts/"  # the template's ${ServiceName}/accounts/
 FLEET_BATCH_SIZE = 5  # the template's FleetAccounts event: BatchSize
+PRIMARY_KEY = "prim0001"  # the local stack's primary (python -m local up --subaccounts N)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class StackOptions:
     threshold: float = 10.0
     topup_cooldown_minutes: int = 1
     accounts: int = 0  # fleet accounts added at start (simulator and registry), besides the stack's own
+    subaccounts: int = 0  # > 0: a primary (PRIMARY_KEY) in the fleet with this many subaccounts it funds
     fleet_concurrency: int = 5  # the event source mapping's MaximumConcurrency (template: FleetMaxConcurrency)
     state_file: Path | None = STATE_FILE
     quiet: bool = False
@@ -87,6 +89,10 @@ def load_function(name: str) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def subaccount_key(i: int) -> str:
+    return f"sub{i:05d}"
 
 
 class LambdaContext:
@@ -342,11 +348,15 @@ class LocalStack:
         )
         for i in range(o.accounts):
             self.add_fleet_account(f"fleet{i + 1:03d}", balance=o.balance)
+        if o.subaccounts:
+            self.add_primary(o.subaccounts)
         threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
         self._write_state()
         return self
 
-    def add_fleet_account(self, api_key: str, *, balance: float, api_secret: str | None = None) -> dict[str, Any]:
+    def add_fleet_account(
+        self, api_key: str, *, balance: float, api_secret: str | None = None, settings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """An account in the simulator, then in the fleet through the settings API's POST /accounts
         (its credentials checked, stored under the prefix, rotated), as an operator adds one."""
         secret = api_secret or f"Fleet-{api_key}-Secret1"
@@ -357,7 +367,10 @@ class LocalStack:
             method="POST",
         )
         urllib.request.urlopen(simmod_request, timeout=10).close()
-        body = {"api_key": api_key, "api_secret": secret, "topup_trx": simmod.DEFAULT_TRX}
+        body = {"api_key": api_key, "api_secret": secret, "topup_trx": simmod.DEFAULT_TRX, "settings": settings or {}}
+        return self._post_account(body)
+
+    def _post_account(self, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
             f"{self.api_url}/accounts",
             data=json.dumps(body).encode(),
@@ -367,6 +380,26 @@ class LocalStack:
         with urllib.request.urlopen(request, timeout=30) as answer:
             added: dict[str, Any] = json.loads(answer.read())
         return added
+
+    def add_primary(self, subaccounts: int) -> None:
+        """A primary in the fleet with `subaccounts` subaccounts at Vonage: each has its own balance,
+        except every fourth, which shares the primary's; the first is also in the fleet, so its
+        secret is rotated with the primary's credentials."""
+        self.add_fleet_account(
+            PRIMARY_KEY, balance=self.options.balance, settings={"name": "primary", "subaccounts": {}}
+        )
+        with self.sim.state.lock:
+            for i in range(1, subaccounts + 1):
+                simmod.add_subaccount(
+                    self.sim.state,
+                    PRIMARY_KEY,
+                    subaccount_key(i),
+                    f"Sub-{subaccount_key(i)}-Secret1",
+                    balance=25.0,
+                    shared=i % 4 == 0,
+                    name=f"department {i}",
+                )
+        self._post_account({"api_key": subaccount_key(1), "api_secret": "Sub-sub00001-Secret1", "primary": PRIMARY_KEY})
 
     def stop(self) -> None:
         self._stop.set()
@@ -466,6 +499,14 @@ class LocalStack:
 
     # -- what runs where -----------------------------------------------------------------------
 
+    def _subaccounts_line(self) -> str:
+        if not self.options.subaccounts:
+            return "none (python -m local up --subaccounts N: a primary that funds N subaccounts)"
+        return (
+            f"{PRIMARY_KEY} funds {self.options.subaccounts} subaccounts ({subaccount_key(1)}...); drain one with "
+            f'curl -s -X POST {self.sim.url}/_sim/state -d \'{{"api_key": "{subaccount_key(1)}", "balance": 1}}\''
+        )
+
     def banner(self) -> str:
         api = self.api_url
         return f"""
@@ -476,6 +517,7 @@ account-ops local stack
   AWS (moto server)            {self.moto_url}   secret {self.resources.secret_arn}
   balance watcher              every {self.options.tick_seconds:g} s (threshold {self.options.threshold:g} EUR, top-up lag {self.options.topup_lag:g} s)
   fleet                        {self.options.accounts} accounts besides the stack's own, {self.options.fleet_concurrency} batches at once (python -m local up --accounts N)
+  subaccounts                  {self._subaccounts_line()}
   webhook receivers            {self.hooks.url}/ok (answers 200)   {self.hooks.url}/missing (answers 404)
 
 Try:
@@ -487,6 +529,7 @@ Try:
   curl -s -X POST {self.sim.url}/_sim/state -d '{{"balance": 3}}'      # drain: watch one top-up
   curl -s -X POST {api}/secrets/rotate && curl -s {api}/secrets
   curl -s {api}/accounts                                              # the fleet
+  curl -s {api}/accounts/{PRIMARY_KEY}/subaccounts                            # a primary's subaccounts (--subaccounts N)
   .venv/bin/python -m local invoke balance_watcher -e events/balance_watcher_scheduled.json
 Ctrl-C stops everything.
 """

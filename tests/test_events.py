@@ -53,6 +53,10 @@ EVENTS: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("settings_api", "settings_get_account_rotation.json", ok),
     ("settings_api", "settings_post_account_rotate.json", ok),
     ("settings_api", "settings_get_account_history.json", lambda r: ok(r) and "fleet001" in r["body"]),
+    # the primary prim0001 funds sub00001 and sub00002 (python -m local up --subaccounts 2)
+    ("settings_api", "settings_get_account_subaccounts.json", lambda r: ok(r) and "sub00002" in r["body"]),
+    ("settings_api", "settings_put_account_subaccount.json", ok),
+    ("settings_api", "settings_get_account_subaccount.json", lambda r: ok(r) and '"transfer_eur":30.0' in r["body"]),
     ("settings_api", "settings_delete_account.json", ok),
     ("secret_rotation", "secret_rotation_create.json", lambda r: r is None),
     ("secret_rotation", "secret_rotation_set.json", lambda r: r is None),
@@ -65,7 +69,7 @@ EVENTS: list[tuple[str, str, Callable[[Any], bool]]] = [
 @pytest.fixture(scope="module")
 def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("events") / "state.json"
-    with LocalStack(StackOptions.on_free_ports(tick_seconds=86400, state_file=state, accounts=1)) as running:
+    with LocalStack(StackOptions.on_free_ports(tick_seconds=86400, state_file=state, accounts=1, subaccounts=2)) as running:
         import urllib.request
 
         sim_account = {"api_key": "fleet009", "api_secret": "Fleet-fleet009-Secret1"}  # what the POST sample adds

@@ -20,7 +20,17 @@ from pydantic import BaseModel
 
 from account_api import deadline, http, switch
 from account_api import settings as service
-from account_api.accounts import AccountChange, AccountList, AccountView, Fleet, FleetConfig, NewAccount
+from account_api.accounts import (
+    AccountChange,
+    AccountList,
+    AccountView,
+    Fleet,
+    FleetConfig,
+    NewAccount,
+    SubaccountChange,
+    SubaccountsView,
+    SubaccountView,
+)
 from account_api.callbacks import CallbackChecker
 from account_api.credentials import VonageAccount
 from account_api.observability import logger, metrics
@@ -47,6 +57,8 @@ ROUTES = {  # path pattern -> allowed methods; the first pattern that matches de
     r"/accounts/[^/]+/rotation": {"GET"},
     r"/accounts/[^/]+/secrets/rotate": {"POST"},
     r"/accounts/[^/]+/history": {"GET"},
+    r"/accounts/[^/]+/subaccounts": {"GET"},
+    r"/accounts/[^/]+/subaccounts/[^/]+": {"GET", "PUT"},
 }
 
 # Every status an operation can answer; each error is an RFC 7807 problem (account_api.problems).
@@ -54,7 +66,8 @@ _PROBLEM_TEXTS = {
     400: "Malformed JSON or body",
     404: "No such secret or account",
     405: "Method not allowed for this path (see the Allow header)",
-    409: "A rotation is already in progress or not configured, or the account exists or changed since it was read",
+    409: "A rotation is already in progress or not configured, the account exists or changed since it was read, "
+    "or it is not a primary or not enabled for subaccounts at Vonage",
     413: "Body larger than 8 KiB",
     415: "Body is not application/json",
     422: "Invalid input (invalid_params names each field), a failed callback check, or Vonage refused it",
@@ -302,6 +315,47 @@ def get_account_history(
 ) -> service.History:
     fleet.registry.current(api_key, removed_too=True)  # a removed account's item is kept: its history stays readable
     return service.read_history_of(api_key, tables.history_table, days, limit=limit, cursor=cursor)
+
+
+@_route(
+    "GET",
+    "/accounts/<api_key>/subaccounts",
+    404,
+    422,
+    *UPSTREAM,
+    success=(200, "Its subaccounts: balances, shared or own, suspended, settings, last transfer", SubaccountsView),
+)
+def get_subaccounts(api_key: ApiKey) -> SubaccountsView:
+    return fleet.subaccounts(api_key)
+
+
+@_route(
+    "GET",
+    "/accounts/<api_key>/subaccounts/<subaccount>",
+    404,
+    409,
+    422,
+    *UPSTREAM,
+    success=(200, "One subaccount", SubaccountView),
+)
+def get_subaccount(api_key: ApiKey, subaccount: ApiKey) -> SubaccountView:
+    return fleet.subaccount(api_key, subaccount)
+
+
+@_route(
+    "PUT",
+    "/accounts/<api_key>/subaccounts/<subaccount>",
+    400,
+    404,
+    409,
+    413,
+    415,
+    422,
+    *UPSTREAM,
+    success=(200, "Its settings changed (kept in the primary's rule)", SubaccountView),
+)
+def change_subaccount(api_key: ApiKey, subaccount: ApiKey, change: SubaccountChange) -> SubaccountView:
+    return fleet.change_subaccount(api_key, subaccount, change, _caller())
 
 
 @app.exception_handler(RequestValidationError)

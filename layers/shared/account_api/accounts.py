@@ -15,17 +15,30 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from . import aws_clients, errors
 from .client import AccountClient
 from .config import model_from_environment
 from .credentials import VonageAccount
+from .models import PRIMARY_SECRET_FIELD, Subaccount
 from .observability import logger
 from .problems import ApiProblem
-from .registry import API_KEY_PATTERN, AccountSettings, FleetAccount, Registry, RegistryError
+from .registry import (
+    API_KEY_PATTERN,
+    AccountSettings,
+    FleetAccount,
+    Registry,
+    RegistryError,
+    SubaccountDefaults,
+    SubaccountSettings,
+    SubaccountsRule,
+    SubaccountState,
+    subaccount_state,
+)
 
 RECOVERY_WINDOW_DAYS = 30  # Secrets Manager's default, and its longest
 _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
@@ -61,6 +74,20 @@ class NewAccount(BaseModel):
     api_secret: SecretStr = Field(min_length=1, max_length=128)
     topup_trx: SecretStr | None = Field(default=None, min_length=1, max_length=128)
     settings: AccountSettings = AccountSettings()
+    primary: str | None = Field(
+        default=None,
+        pattern=API_KEY_PATTERN,
+        description="A subaccount: its primary, a fleet account. Its secret is then rotated with the primary's "
+        "credentials, and its balance is watched and funded through the primary's tick.",
+    )
+
+    @model_validator(mode="after")
+    def _a_subaccount_is_no_primary(self) -> NewAccount:
+        if self.primary is not None and self.settings.subaccounts is not None:
+            raise ValueError("a subaccount (with primary) cannot have subaccounts of its own")
+        if self.primary == self.api_key:
+            raise ValueError("an account cannot be its own primary")
+        return self
 
     @field_validator("api_secret", "topup_trx")
     @classmethod
@@ -93,6 +120,7 @@ class AccountView(BaseModel):
     created_at: str
     removed_at: str | None = None
     secret_arn: str
+    primary: str | None = None  # a subaccount: its primary
     rotation_enabled: bool | None = None
     secret_deletion_date: str | None = None
 
@@ -107,12 +135,63 @@ class AccountView(BaseModel):
             created_at=account.created_at,
             removed_at=account.removed_at,
             secret_arn=account.secret_arn,
+            primary=account.primary,
             **extra,
         )
 
 
 class AccountList(BaseModel):
     accounts: list[AccountView]
+
+
+# -- a primary's subaccounts -------------------------------------------------------------------------
+
+TRANSFER_LOOKBACK_DAYS = 30  # how far back "last transfer" looks (one transfer listing)
+OUR_REFERENCE_PREFIX = "account-ops "  # account_api.subaccounts.transfer_reference
+
+
+class TransferView(BaseModel):
+    amount: float
+    created_at: str | None
+    reference: str
+    by_account_ops: bool  # its reference is one of our decisions' (else an operator's, or another tool's)
+
+
+class SubaccountView(BaseModel):
+    """A subaccount as Vonage lists it, with what the primary's rule makes of it."""
+
+    api_key: str
+    name: str
+    state: SubaccountState
+    shares_balance: bool
+    suspended: bool
+    balance: float | None
+    credit_limit: float | None
+    settings: SubaccountDefaults | None = Field(description="In effect; null when not watched")
+    configured: SubaccountSettings | None = Field(description="What is set for it; null: the defaults")
+    in_fleet: bool = Field(description="Its own secret is in the fleet, rotated with the primary's credentials")
+    last_transfer: TransferView | None = None
+
+
+class SubaccountsView(BaseModel):
+    primary: str
+    enabled: bool = Field(description="False: Vonage has not provisioned this account for the Subaccounts API")
+    detail: str = ""
+    primary_balance: float | None = None
+    rule: SubaccountsRule | None = Field(description="Null: not a primary (its subaccounts are not watched)")
+    version: int
+    subaccounts: list[SubaccountView]
+
+
+class SubaccountChange(BaseModel):
+    """PUT /accounts/{primary}/subaccounts/{api_key}: one subaccount's settings, as they should be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: SubaccountSettings
+    expected_version: int | None = Field(
+        default=None, ge=1, description="The primary's version you read: refused with 409 if it changed since"
+    )
 
 
 class Fleet:
@@ -147,9 +226,10 @@ class Fleet:
             # credentials for an account of the fleet come by rotation, never by a second add
             raise RegistryError(f"the account {new.api_key} is already in the fleet", kind="exists")
         self._check_credentials(new)
-        arn = self._store_credentials(new)
+        primary_arn = self._check_primary(new) if new.primary else None
+        arn = self._store_credentials(new, primary_arn)
         rotation = self._configure_rotation(arn)
-        account = self.registry.add(new.api_key, arn, new.settings)
+        account = self.registry.add(new.api_key, arn, new.settings, primary=new.primary)
         logger.info("fleet account added", account=new.api_key, rotation=rotation, caller=caller)
         return AccountView.of(account, rotation_enabled=rotation)
 
@@ -163,6 +243,83 @@ class Fleet:
         deletion = self._schedule_secret_deletion(account.secret_arn)
         logger.info("fleet account removed", account=api_key, secret_deletion_date=deletion, caller=caller)
         return AccountView.of(account, secret_deletion_date=deletion)
+
+    # -- a primary's subaccounts ------------------------------------------------------------------
+
+    def subaccounts(self, api_key: str) -> SubaccountsView:
+        """Every subaccount with its balance (one listing) and its last transfer (one transfer
+        listing); a primary Vonage has not provisioned is a state, not an error."""
+        primary = self.registry.current(api_key)
+        vonage = self.template.through(primary.secret_arn)
+        rule = primary.settings.subaccounts
+        view = SubaccountsView(primary=api_key, enabled=True, rule=rule, version=primary.version, subaccounts=[])
+        try:
+            listing = vonage.call(lambda c: c.list_subaccounts())
+        except errors.SubaccountsNotEnabledError as exc:
+            return view.model_copy(update={"enabled": False, "detail": exc.reason})
+        since = datetime.now(UTC) - timedelta(days=TRANSFER_LOOKBACK_DAYS)
+        last: dict[str, TransferView] = {}
+        for t in sorted(vonage.call(lambda c: c.list_balance_transfers(since)), key=lambda t: str(t.created_at)):
+            last[t.to_account] = TransferView(
+                amount=t.amount,
+                created_at=t.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if t.created_at else None,
+                reference=t.reference,
+                by_account_ops=t.reference.startswith(OUR_REFERENCE_PREFIX),
+            )
+        in_fleet = {a.api_key for a in self.registry.accounts() if a.primary == api_key and a.removed_at is None}
+        rows = [
+            self._subaccount_view(rule, sub, sub.api_key in in_fleet, last.get(sub.api_key))
+            for sub in listing.subaccounts
+        ]
+        return view.model_copy(update={"primary_balance": listing.primary.balance, "subaccounts": rows})
+
+    def subaccount(self, api_key: str, sub_key: str) -> SubaccountView:
+        primary = self.registry.current(api_key)
+        sub = self.template.through(primary.secret_arn).call(lambda c: c.get_subaccount(sub_key))
+        member = self.registry.get(sub_key)
+        in_fleet = member is not None and member.primary == api_key and member.removed_at is None
+        return self._subaccount_view(primary.settings.subaccounts, sub, in_fleet, None)
+
+    def change_subaccount(
+        self, api_key: str, sub_key: str, change: SubaccountChange, caller: str = "unknown"
+    ) -> SubaccountView:
+        """One subaccount's settings, kept in its primary's registry item (the rule)."""
+        primary = self.registry.current(api_key)
+        rule = primary.settings.subaccounts
+        if rule is None:
+            raise ApiProblem(
+                409,
+                "Not a primary",
+                f"{api_key} has no subaccounts rule: set settings.subaccounts (PUT /accounts/{api_key}) first.",
+            )
+        sub = self.template.through(primary.secret_arn).call(lambda c: c.get_subaccount(sub_key))  # it exists
+        settings = primary.settings.model_copy(update={"subaccounts": rule.with_account(sub_key, change.settings)})
+        changed = self.registry.update(api_key, settings, expected_version=change.expected_version)
+        logger.info(
+            "subaccount settings changed", account=api_key, subaccount=sub_key, version=changed.version, caller=caller
+        )
+        member = self.registry.get(sub_key)
+        in_fleet = member is not None and member.primary == api_key and member.removed_at is None
+        return self._subaccount_view(changed.settings.subaccounts, sub, in_fleet, None)
+
+    @staticmethod
+    def _subaccount_view(
+        rule: SubaccountsRule | None, sub: Subaccount, in_fleet: bool, last: TransferView | None
+    ) -> SubaccountView:
+        effective = rule.settings_for(sub.api_key) if rule else None
+        return SubaccountView(
+            api_key=sub.api_key,
+            name=sub.name,
+            state=subaccount_state(sub, effective),
+            shares_balance=sub.shares_balance,
+            suspended=sub.suspended,
+            balance=sub.balance,
+            credit_limit=sub.credit_limit,
+            settings=effective,
+            configured=rule.accounts.get(sub.api_key) if rule else None,
+            in_fleet=in_fleet,
+            last_transfer=last,
+        )
 
     # -- the steps of an add and a remove, each safe to repeat -----------------------------------
 
@@ -186,10 +343,41 @@ class Fleet:
         finally:
             client.close()
 
-    def _store_credentials(self, new: NewAccount) -> str:
+    def _check_primary(self, new: NewAccount) -> str:
+        """The primary is a fleet account and Vonage lists this account as its subaccount: the
+        primary's secret ARN (its credentials will manage this account's secrets)."""
+        primary = self.registry.get(new.primary or "")
+        if primary is None or primary.removed_at is not None or primary.primary is not None:
+            raise ApiProblem(
+                422,
+                "No such primary",
+                f"{new.primary} is not a primary account of the fleet: add it first.",
+                invalid_params=[{"name": "primary", "reason": "must be an account of the fleet"}],
+            )
+        try:
+            self.template.through(primary.secret_arn).call(lambda c: c.get_subaccount(new.api_key))
+        except errors.SubaccountsNotEnabledError:
+            raise ApiProblem(
+                422,
+                "Subaccounts not enabled",
+                f"Vonage says {new.primary} is not provisioned for the Subaccounts API: nothing was stored.",
+                invalid_params=[{"name": "primary", "reason": "not enabled for subaccounts at Vonage"}],
+            ) from None
+        except errors.NotFoundError:
+            raise ApiProblem(
+                422,
+                "Not a subaccount of this primary",
+                f"Vonage does not list {new.api_key} as a subaccount of {new.primary}: nothing was stored.",
+                invalid_params=[{"name": "api_key", "reason": f"not a subaccount of {new.primary}"}],
+            ) from None
+        return primary.secret_arn
+
+    def _store_credentials(self, new: NewAccount, primary_secret_arn: str | None = None) -> str:
         value: dict[str, str] = {"api_key": new.api_key, "api_secret": new.api_secret.get_secret_value()}
         if new.topup_trx is not None:
             value["topup_trx"] = new.topup_trx.get_secret_value()
+        if primary_secret_arn is not None:
+            value[PRIMARY_SECRET_FIELD] = primary_secret_arn
         name = f"{self.config.secret_prefix}{new.api_key}"
         sm = self._sm
         try:

@@ -112,6 +112,9 @@ class BalanceTransfer(_WireModel):
 
 # What the stack's first deploy puts in the secret until the operator fills it in.
 PLACEHOLDER = "REPLACE_ME"
+# In a fleet subaccount's secret: the ARN of its primary's secret, whose credentials manage its
+# API secrets (Vonage's secret operations take the primary's credentials and the subaccount's key).
+PRIMARY_SECRET_FIELD = "primary_secret_arn"  # noqa: S105 - a field name, not a secret
 
 
 class Credentials(BaseModel):
@@ -124,6 +127,11 @@ class Credentials(BaseModel):
     api_secret: SecretStr
     secret_id: str | None = None
     topup_trx: SecretStr | None = None
+
+    @property
+    def primary_secret_arn(self) -> str | None:
+        value = (self.model_extra or {}).get(PRIMARY_SECRET_FIELD)
+        return str(value) if value else None
 
     @property
     def is_placeholder(self) -> bool:

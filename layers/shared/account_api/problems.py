@@ -104,6 +104,19 @@ def problem_for(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
             ),
             headers,
         )
+    if isinstance(exc, errors.SubaccountsNotEnabledError):
+        return (
+            409,
+            problem(
+                409,
+                "Subaccounts not enabled",
+                "Vonage answered that this account is not provisioned for the Subaccounts API (restricted "
+                "availability): ask Vonage to enable it.",
+            ),
+            headers,
+        )
+    if isinstance(exc, errors.NotFoundError) and exc.operation in ("retrieveSubaccount", "modifySubaccount"):
+        return 404, problem(404, "No such subaccount", "Vonage lists no such subaccount of this primary."), headers
     if isinstance(exc, errors.SecretNotFoundError):
         return 404, problem(404, "Not Found", "No API secret with that id."), headers
     if isinstance(exc, errors.InvalidRequestError):

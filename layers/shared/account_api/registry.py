@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import aws_clients
+from .models import Subaccount
 from .observability import logger
 
 API_KEY_PATTERN = r"^[A-Za-z0-9]{4,32}$"  # Vonage keys are 8 hex characters; room for the future
@@ -98,6 +99,24 @@ class SubaccountsRule(BaseModel):
         if settings is not None:
             accounts[api_key] = settings
         return self.model_copy(update={"accounts": dict(sorted(accounts.items()))})
+
+
+class SubaccountState(StrEnum):
+    OK = "ok"
+    LOW = "low"
+    SHARED = "shared_balance"  # spends the primary's balance: nothing of its own to fund
+    SUSPENDED = "suspended"
+    NOT_WATCHED = "not_watched"
+
+
+def subaccount_state(sub: Subaccount, settings: SubaccountDefaults | None) -> SubaccountState:
+    if settings is None:
+        return SubaccountState.NOT_WATCHED
+    if sub.shares_balance:
+        return SubaccountState.SHARED
+    if sub.suspended:
+        return SubaccountState.SUSPENDED
+    return SubaccountState.LOW if (sub.balance or 0.0) < settings.threshold_eur else SubaccountState.OK
 
 
 class AccountSettings(BaseModel):

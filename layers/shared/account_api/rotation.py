@@ -279,10 +279,12 @@ class Rotator:
         )
 
     def _manager(self, current: Credentials) -> AccountClient:
-        """Who manages the secrets: the primary account when configured (subaccounts), else the
-        account itself with its current secret."""
-        if self.settings.primary_secret_arn:
-            primary = self._read(self.settings.primary_secret_arn, stage="AWSCURRENT")
+        """Who manages the secrets: the primary account for a subaccount (a fleet subaccount's own
+        secret names its primary's secret; the stack's, PrimarySecretArn), else the account itself
+        with its current secret."""
+        primary_arn = current.primary_secret_arn or self.settings.primary_secret_arn
+        if primary_arn:
+            primary = self._read(primary_arn, stage="AWSCURRENT")
             if primary is None:
                 raise RotationError("the primary account's secret has no AWSCURRENT value")
             return self._client(primary)

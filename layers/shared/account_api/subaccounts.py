@@ -31,7 +31,7 @@ from .balance import Alerts, BalanceWatcher, RunResult, ScheduledRun
 from .client import AccountClient
 from .models import Subaccount, SubaccountListing
 from .observability import MetricUnit, logger, metrics
-from .registry import FleetAccount, SubaccountDefaults, SubaccountsRule
+from .registry import FleetAccount, SubaccountDefaults, SubaccountsRule, SubaccountState, subaccount_state
 from .watcher_store import PENDING, Take, WatcherStore
 
 # A transfer whose answer was lost may still be in flight at Vonage for the length of a request;
@@ -41,14 +41,6 @@ TRANSFER_SETTLE_SECONDS = 120
 LISTING_WINDOW_MARGIN_SECONDS = 300
 # A funding run stops deciding transfers when less than this is left of the invocation.
 DEADLINE_MARGIN_SECONDS = 10.0
-
-
-class SubaccountState(StrEnum):
-    OK = "ok"
-    LOW = "low"
-    SHARED = "shared_balance"  # spends the primary's balance: nothing of its own to fund
-    SUSPENDED = "suspended"
-    NOT_WATCHED = "not_watched"
 
 
 class FundingOutcome(StrEnum):
@@ -260,7 +252,7 @@ class SubaccountFunder:
             row = SubaccountReport(
                 api_key=sub.api_key,
                 name=sub.name,
-                state=_state(sub, settings),
+                state=subaccount_state(sub, settings),
                 balance=sub.balance,
                 threshold_eur=settings.threshold_eur if settings else None,
             )
@@ -511,16 +503,6 @@ class SubaccountFunder:
             UpdateExpression="REMOVE #open.#sub",
             ExpressionAttributeNames={"#open": "open", "#sub": sub},
         )
-
-
-def _state(sub: Subaccount, settings: SubaccountDefaults | None) -> SubaccountState:
-    if settings is None:
-        return SubaccountState.NOT_WATCHED
-    if sub.shares_balance:
-        return SubaccountState.SHARED
-    if sub.suspended:
-        return SubaccountState.SUSPENDED
-    return SubaccountState.LOW if (sub.balance or 0.0) < settings.threshold_eur else SubaccountState.OK
 
 
 def _count(rows: Any) -> dict[str, int]:
