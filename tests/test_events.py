@@ -69,7 +69,9 @@ EVENTS: list[tuple[str, str, Callable[[Any], bool]]] = [
 @pytest.fixture(scope="module")
 def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("events") / "state.json"
-    with LocalStack(StackOptions.on_free_ports(tick_seconds=86400, state_file=state, accounts=1, subaccounts=2)) as running:
+    with LocalStack(
+        StackOptions.on_free_ports(tick_seconds=86400, state_file=state, accounts=1, subaccounts=2)
+    ) as running:
         import urllib.request
 
         sim_account = {"api_key": "fleet009", "api_secret": "Fleet-fleet009-Secret1"}  # what the POST sample adds
