@@ -73,6 +73,7 @@ def status(target: Target, args: argparse.Namespace) -> Result:
     secrets = read(_of(args, "/secrets"), "secrets")
     rotation = read(_of(args, "/rotation"), "rotation")
     history = read(_of(args, "/history"), "last runs", {"days": "1", "limit": "5"})
+    primaries = _primaries(target, one, fleet, problems)
     try:
         alarms = None if target.local else _alarms(target)
     except CliError as exc:
@@ -108,6 +109,7 @@ def status(target: Target, args: argparse.Namespace) -> Result:
         lastRuns=[d["outcome"] for d in history["decisions"]] if history else None,
         alarms=alarms,
         problems=problems,
+        primaries=primaries,
     )
     unknown = [p for p in (balance, switch) if p is None]
     return Result(
@@ -116,6 +118,64 @@ def status(target: Target, args: argparse.Namespace) -> Result:
         Exit.FAILED if unknown else Exit.OK,
         f"{len(problems)} part(s) could not be read: {problems[0]}" if unknown else None,
     )
+
+
+def _primaries(
+    target: Target, one: dict[str, Any] | None, fleet: dict[str, Any] | None, problems: list[str]
+) -> list[o.PrimaryNode] | None:
+    """The tree: each primary (the one account with --account) and its subaccounts, one listing each."""
+    accounts = [one] if one else (fleet or {}).get("accounts") or []
+    keys = [a["api_key"] for a in accounts if isinstance(a, dict) and (a.get("settings") or {}).get("subaccounts")]
+    if not keys:
+        return None
+    nodes = []
+    for key in keys:
+        answer = target.call("GET", f"/accounts/{key}/subaccounts")
+        if not answer.json_ok:
+            problems.append(_problem(answer, f"subaccounts of {key}"))
+            continue
+        rows = [r for r in answer.body.get("subaccounts") or [] if isinstance(r, dict)]
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[str(r.get("state"))] = counts.get(str(r.get("state")), 0) + 1
+        shown = rows if one else [r for r in rows if r.get("state") in ("low", "suspended")]
+        nodes.append(
+            o.PrimaryNode(
+                primary=key,
+                enabled=bool(answer.body.get("enabled")),
+                counts=dict(sorted(counts.items())),
+                subaccounts=[
+                    o.SubaccountLine(
+                        api_key=str(r.get("api_key")),
+                        name=str(r.get("name") or ""),
+                        state=str(r.get("state")),
+                        balance=r.get("balance"),
+                        lastTransfer=r.get("last_transfer"),
+                    )
+                    for r in shown
+                ],
+            )
+        )
+    return nodes
+
+
+def _tree_lines(nodes: list[o.PrimaryNode]) -> list[str]:
+    lines = []
+    for node in nodes:
+        if not node.enabled:
+            lines.append(f"  subaccounts    {node.primary}: NOT ENABLED at Vonage (the Subaccounts API answers 403)")
+            continue
+        counts = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in node.counts.items()) or "none"
+        lines.append(f"  subaccounts    {node.primary}: {sum(node.counts.values())} ({counts})")
+        for i, sub in enumerate(node.subaccounts):
+            branch = "\u2514" if i == len(node.subaccounts) - 1 else "\u251c"
+            balance = f"{sub.balance:.2f} EUR" if sub.balance is not None else "shared"
+            last = sub.lastTransfer
+            moved = f", last transfer {last['amount']:.2f} at {last.get('created_at') or '-'}" if last else ""
+            lines.append(
+                f"    {branch} {sub.api_key:<10} {balance:>12}  {sub.state.replace('_', ' ')}{moved}  {sub.name}"
+            )
+    return lines
 
 
 def _status_lines(s: o.Status, *, local: bool) -> list[str]:
@@ -155,6 +215,7 @@ def _status_lines(s: o.Status, *, local: bool) -> list[str]:
         )
     if s.lastRuns is not None:
         lines.append(f"  last runs      {', '.join(s.lastRuns) or '(none in the last day)'}")
+    lines += _tree_lines(s.primaries or [])
     if s.alarms is not None:
         firing = f": {', '.join(s.alarms.inAlarm)}" if s.alarms.inAlarm else ""
         lines.append(f"  alarms         {s.alarms.count} alarms, {len(s.alarms.inAlarm)} in ALARM{firing}")
@@ -338,7 +399,28 @@ def accounts_show(target: Target, args: argparse.Namespace) -> Result:
             _problem(answer, f"account {args.api_key}"),
         )
     account = o.Account.model_validate(answer.body)
-    return Result(account, json.dumps(answer.body, indent=2).splitlines())
+    lines = json.dumps(answer.body, indent=2).splitlines()
+    if not (answer.body.get("settings") or {}).get("subaccounts"):
+        return Result(account, lines)
+    listed = target.call("GET", f"/accounts/{args.api_key}/subaccounts")
+    if not listed.json_ok:
+        return Result(account, lines, Exit.FAILED, _problem(listed, f"subaccounts of {args.api_key}"))
+    account = account.model_copy(update={"subaccounts": listed.body})
+    rows = [r for r in listed.body.get("subaccounts") or [] if isinstance(r, dict)]
+    if not listed.body.get("enabled"):
+        lines.append(f"subaccounts: NOT ENABLED at Vonage ({listed.body.get('detail') or 'the API answers 403'})")
+        return Result(account, lines)
+    lines.append(f"subaccounts ({len(rows)}):")
+    lines.append(f"  {'api_key':<10} {'state':<15} {'balance':>10} {'threshold':>9} {'transfer':>8}  name")
+    for r in rows:
+        settings = r.get("settings") or {}
+        balance = f"{r['balance']:.2f}" if isinstance(r.get("balance"), int | float) else "shared"
+        threshold = settings.get("threshold_eur", "-")
+        amount = settings.get("transfer_eur", "-")
+        lines.append(
+            f"  {r.get('api_key', ''):<10} {r.get('state', ''):<15} {balance:>10} {threshold!s:>9} {amount!s:>8}  {r.get('name') or ''}"
+        )
+    return Result(account, lines)
 
 
 def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -371,6 +453,8 @@ def accounts_add(target: Target, args: argparse.Namespace) -> Result:
     body: dict[str, Any] = {"api_key": args.api_key, "api_secret": secret, "settings": _settings_of(args)}
     if os.environ.get(TOPUP_TRX_VARIABLE):
         body["topup_trx"] = os.environ[TOPUP_TRX_VARIABLE]
+    if args.primary:
+        body["primary"] = args.primary
     answer = target.call("POST", "/accounts", body)
     return _account_change(answer, f"account {args.api_key} not added", "added (credentials checked, stored, rotated)")
 
@@ -382,9 +466,51 @@ def accounts_set(target: Target, args: argparse.Namespace) -> Result:
     settings = {**current.body.get("settings", {}), **_settings_of(args)}
     if args.enabled is not None:
         settings["enabled"] = args.enabled
+    if args.subaccounts == "none":
+        settings.pop("subaccounts", None)
+    elif args.subaccounts:  # the watch rule changes; per-subaccount settings are kept
+        settings["subaccounts"] = {**(settings.get("subaccounts") or {}), "watch": args.subaccounts}
     change = {"settings": settings, "expected_version": current.body.get("version")}
     answer = target.call("PUT", f"/accounts/{args.api_key}", change)
     return _account_change(answer, f"account {args.api_key} not changed", "changed")
+
+
+def accounts_subaccount(target: Target, args: argparse.Namespace) -> Result:
+    path = f"/accounts/{args.primary}/subaccounts/{args.subaccount}"
+    current = target.call("GET", f"/accounts/{args.primary}")
+    if not current.json_ok:
+        return Result(
+            o.SubaccountChange(done=False, subaccount=None, problem=None),
+            [],
+            Exit.FAILED,
+            _problem(current, f"account {args.primary}"),
+        )
+    rule = (current.body.get("settings") or {}).get("subaccounts") or {}
+    settings = {k: v for k, v in ((rule.get("accounts") or {}).get(args.subaccount) or {}).items() if v is not None}
+    given = {
+        "threshold_eur": args.threshold,
+        "transfer_eur": args.transfer,
+        "transfer_cooldown_minutes": args.cooldown,
+        "daily_transfer_cap": args.daily_cap,
+        "enabled": args.enabled,
+    }
+    settings |= {k: v for k, v in given.items() if v is not None}
+    answer = target.call("PUT", path, {"settings": settings, "expected_version": current.body.get("version")})
+    if answer.json_ok:
+        effective = answer.body.get("settings") or {}
+        line = f"changed: {args.subaccount} of {args.primary}, " + (
+            f"threshold {effective.get('threshold_eur')} EUR, transfer {effective.get('transfer_eur')} EUR"
+            if effective
+            else "not watched"
+        )
+        return Result(o.SubaccountChange(done=True, subaccount=answer.body, problem=None), [line])
+    body = answer.body if isinstance(answer.body, dict) else {"detail": answer.body}
+    return Result(
+        o.SubaccountChange(done=False, subaccount=None, problem=body),
+        [],
+        Exit.FAILED,
+        _problem(answer, f"subaccount {args.subaccount} not changed"),
+    )
 
 
 def accounts_remove(target: Target, args: argparse.Namespace) -> Result:
@@ -568,6 +694,22 @@ def _euros(text: str) -> float:
     return value
 
 
+def _signed_euros(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount in EUR") from None
+    if not -100_000 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an amount from -100000 to 100000")
+    return value
+
+
+def _minutes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1440:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of minutes from 1 to 1440")
+    return int(text)
+
+
 def _cap(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 50:
         raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of top-ups from 0 to 50")
@@ -657,8 +799,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "account-ops accounts list --output json | jq -r '.accounts[].api_key'",
     ),
     "accounts show": (
-        "one account of the fleet",
-        "Its settings, version, secret ARN and rotation, as GET /accounts/{api_key} answers.",
+        "one account of the fleet (a primary: and its subaccounts)",
+        "Its settings, version, secret ARN and rotation, as GET /accounts/{api_key} answers; for a primary, "
+        "every subaccount with its balance, state and settings (GET /accounts/{api_key}/subaccounts).",
         "account-ops accounts show abcd1234",
     ),
     "accounts add": (
@@ -673,6 +816,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "change one account's settings",
         "Only the options given change; refused if someone changed the account since it was read.",
         "account-ops accounts set abcd1234 --topup-mode off",
+    ),
+    "accounts subaccount": (
+        "change one subaccount's settings (kept in its primary's rule)",
+        "Only the options given change; the others keep their value (or the primary's defaults). "
+        "Refused if someone changed the primary since it was read.",
+        "account-ops accounts subaccount abcd1234 bbbb2222 --threshold 10 --transfer 30",
     ),
     "accounts remove": (
         "stop watching and rotating one account",
@@ -731,7 +880,7 @@ def parser() -> argparse.ArgumentParser:
     _command(commands, "resume-topups", resume).add_argument("--reason", help="recorded with your identity")
     _command(commands, "smoke", smoke)
     fleet = commands.add_parser(
-        "accounts", help="the fleet: list, show, add, set, remove", description="The fleet's accounts."
+        "accounts", help="the fleet: list, show, add, set, subaccount, remove", description="The fleet's accounts."
     )
     _common(fleet)
     verbs = fleet.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -748,6 +897,30 @@ def parser() -> argparse.ArgumentParser:
     switch = changed.add_mutually_exclusive_group()
     switch.add_argument("--enable", dest="enabled", action="store_const", const=True, help="watch it again")
     switch.add_argument("--disable", dest="enabled", action="store_const", const=False, help="stop watching it")
+    changed.add_argument(
+        "--subaccounts",
+        choices=("all", "listed", "none"),
+        help="make it a primary that watches all its subaccounts, or only those set with `accounts subaccount`; "
+        "none: no longer a primary",
+    )
+    added.add_argument(
+        "--primary",
+        type=_api_key,
+        metavar="KEY",
+        help="a subaccount: its primary (its secret is rotated with the primary's credentials)",
+    )
+    sub = _command(verbs, "accounts subaccount", accounts_subaccount)
+    sub.add_argument("primary", type=_api_key)
+    sub.add_argument("subaccount", type=_api_key)
+    sub.add_argument(
+        "--threshold", type=_signed_euros, metavar="EUR", help="fund it below this (default: the primary's rule)"
+    )
+    sub.add_argument("--transfer", type=_euros, metavar="EUR", help="the amount of one transfer")
+    sub.add_argument("--cooldown", type=_minutes, metavar="MIN", help="minutes between transfers at least")
+    sub.add_argument("--daily-cap", type=_cap, metavar="N", help="transfers a day at most")
+    watch = sub.add_mutually_exclusive_group()
+    watch.add_argument("--enable", dest="enabled", action="store_const", const=True, help="watch it")
+    watch.add_argument("--disable", dest="enabled", action="store_const", const=False, help="stop watching it")
     _command(verbs, "accounts remove", accounts_remove).add_argument("api_key", type=_api_key)
     return root
 

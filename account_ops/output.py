@@ -42,6 +42,24 @@ class Alarms(Output):
     inAlarm: list[str]
 
 
+class SubaccountLine(Output):
+    api_key: str
+    name: str
+    state: str  # ok, low, shared_balance, suspended, not_watched
+    balance: float | None
+    lastTransfer: dict[str, Any] | None = None  # GET /accounts/{primary}/subaccounts's last_transfer
+
+
+class PrimaryNode(Output):
+    """A primary of the fleet and its subaccounts: all of them with --account, else the ones that
+    need a look (low or suspended)."""
+
+    primary: str
+    enabled: bool  # False: Vonage has not provisioned it for the Subaccounts API
+    counts: dict[str, int]  # subaccounts by state
+    subaccounts: list[SubaccountLine]
+
+
 class Status(Output):
     stack: str
     region: str
@@ -56,6 +74,7 @@ class Status(Output):
     lastRuns: list[str] | None  # outcomes, newest first
     alarms: Alarms | None  # None on the local stack, or when they could not be read
     problems: list[str]  # each part that could not be read, and why
+    primaries: list[PrimaryNode] | None = None  # the fleet's primaries and their subaccounts (the tree)
 
 
 class SettingsChange(Output):
@@ -102,6 +121,13 @@ class Account(Output):
     watched: bool
     settings: dict[str, Any]
     version: int
+    subaccounts: dict[str, Any] | None = None  # a primary's: GET /accounts/{api_key}/subaccounts, whole
+
+
+class SubaccountChange(Output):
+    done: bool
+    subaccount: dict[str, Any] | None  # PUT /accounts/{primary}/subaccounts/{api_key}'s answer
+    problem: dict[str, Any] | None
 
 
 class Accounts(Output):
@@ -133,6 +159,7 @@ BY_COMMAND: dict[str, type[Output]] = {
     "accounts add": AccountChange,
     "accounts set": AccountChange,
     "accounts remove": AccountChange,
+    "accounts subaccount": SubaccountChange,
 }
 
 

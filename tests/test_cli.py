@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -596,4 +597,64 @@ def test_accounts_add_list_set_show_remove_and_one_account_commands(
     ],
 )
 def test_accounts_usage_mistakes_are_one_line_and_exit_2(argv: list[str], expected: str) -> None:
+    one_error_line(process(*argv, "--local"), 2, expected)
+
+
+def sim_control(stack: LocalStack, path: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(f"{stack.sim.url}{path}", data=json.dumps(body).encode(), method="POST")
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+def test_a_primary_shows_its_subaccounts_and_status_shows_the_tree(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_in_simulator(stack, "prim0009", "Prim-Secret-009", balance=80.0)
+    for key, balance, extra in (("subcli01", 2.0, {}), ("subcli02", None, {}), ("subcli03", 9.0, {"suspended": True})):
+        body = {"api_key": key, "api_secret": f"Sub-{key}-Secret1", "parent": "prim0009", "balance": balance, **extra}
+        sim_control(stack, "/_sim/subaccounts", body)
+    monkeypatch.setenv(cli.API_SECRET_VARIABLE, "Prim-Secret-009")
+    assert run(stack, monkeypatch, "accounts", "add", "prim0009", "--name", "Partner")[0] == 0
+    code, text = run(stack, monkeypatch, "accounts", "set", "prim0009", "--subaccounts", "all")
+    assert code == 0 and "changed" in text, text
+    code, text = run(stack, monkeypatch, "accounts", "subaccount", "prim0009", "subcli01", "--threshold", "30")
+    assert code == 0 and "threshold 30.0 EUR, transfer 20.0 EUR" in text, text
+    code, text = run(stack, monkeypatch, "accounts", "show", "prim0009")
+    assert code == 0 and "subaccounts (3):" in text, text
+    assert re.search(r"subcli01\s+low\s+2\.00\s+30\.0\s+20\.0", text), text
+    assert re.search(r"subcli02\s+shared_balance\s+shared", text), text
+    code, out, _ = run_split(stack, monkeypatch, "--local", "accounts", "show", "prim0009", "--output", "json")
+    shown = output.Account.model_validate_json(out)
+    assert shown.subaccounts is not None and len(shown.subaccounts["subaccounts"]) == 3
+
+    code, text = run(stack, monkeypatch, "status")
+    assert "subaccounts    prim0009: 3 (1 low, 1 shared balance, 1 suspended)" in text, text
+    assert "subcli01" in text and "subcli02" not in text  # the fleet's tree: only what needs a look
+    code, out, _ = run_split(stack, monkeypatch, "--local", "status", "--account", "prim0009", "--output", "json")
+    [node] = output.Status.model_validate_json(out).primaries or []
+    assert [s.api_key for s in node.subaccounts] == ["subcli01", "subcli02", "subcli03"]
+
+    monkeypatch.setenv(cli.API_SECRET_VARIABLE, "Sub-subcli01-Secret1")
+    code, text = run(stack, monkeypatch, "accounts", "add", "subcli01", "--primary", "prim0009")
+    assert code == 0, text
+    code, out, err = run_split(stack, monkeypatch, "--local", "accounts", "subaccount", "prim0009", "nosuch01")
+    assert code == 1 and "No such subaccount" in err and err.count("\n") == 1, err
+    code, out, _ = run_split(
+        stack, monkeypatch, "--local", "accounts", "subaccount", "prim0009", "subcli03", "--disable", "--output", "json"
+    )
+    changed = output.SubaccountChange.model_validate_json(out)
+    assert code == 0 and changed.done and changed.subaccount and changed.subaccount["state"] == "not_watched"
+    for key in ("subcli01", "prim0009"):
+        assert run(stack, monkeypatch, "accounts", "remove", key)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["accounts", "subaccount", "abcd1234"], "the following arguments are required: subaccount"),
+        (["accounts", "subaccount", "abcd1234", "bbbb2222", "--transfer", "0"], "give an amount above 0"),
+        (["accounts", "subaccount", "abcd1234", "bbbb2222", "--cooldown", "0"], "from 1 to 1440"),
+        (["accounts", "set", "abcd1234", "--subaccounts", "some"], "argument --subaccounts: invalid choice"),
+    ],
+)
+def test_subaccount_usage_mistakes_are_one_line_and_exit_2(argv: list[str], expected: str) -> None:
     one_error_line(process(*argv, "--local"), 2, expected)
