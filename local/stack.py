@@ -229,6 +229,7 @@ class LocalStack:
     env: dict[str, str] = field(default_factory=dict)
     handlers: dict[str, ModuleType] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _scheduler_thread: threading.Thread | None = None
     _cleanup: list[Any] = field(default_factory=list)
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     ticks: int = 0
@@ -350,7 +351,8 @@ class LocalStack:
             self.add_fleet_account(f"fleet{i + 1:03d}", balance=o.balance)
         if o.subaccounts:
             self.add_primary(o.subaccounts)
-        threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
+        self._scheduler_thread = threading.Thread(target=self._scheduler, name="scheduler", daemon=True)
+        self._scheduler_thread.start()
         self._write_state()
         return self
 
@@ -403,6 +405,12 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stop.set()
+        # a tick in flight finishes before its AWS and Vonage stand-ins go away under it
+        if self._scheduler_thread is not None and self._scheduler_thread is not threading.current_thread():
+            self._scheduler_thread.join(timeout=60)
+        # a tick in flight finishes before its AWS and Vonage stand-ins go away under it
+        if self._scheduler_thread is not None and self._scheduler_thread is not threading.current_thread():
+            self._scheduler_thread.join(timeout=60)
         for undo in reversed(self._cleanup):
             with contextlib.suppress(Exception):
                 undo()
