@@ -99,6 +99,7 @@ def run(stack: LocalStack, say: Callable[[str], None] = print) -> list[Check]:
     check("API still answers", status == 200, f"{status} {balance}")
 
     _fleet(stack, check, say)
+    _subaccounts(stack, check, say)
     return checks
 
 
@@ -110,7 +111,11 @@ def _fleet(stack: LocalStack, check: Callable[[str, bool, str], None], say: Call
     say("6. a fleet: three more accounts, one low, one whose credentials are changed behind our back")
     accounts = {"demo0001": 25.0, "demo0002": 3.0, "demo0003": 25.0}
     for key, balance in accounts.items():
-        http("POST", f"{sim}/_sim/accounts", {"api_key": key, "api_secret": f"Demo-Secret-{key}", "balance": balance})
+        http(
+            "POST",
+            f"{sim}/_sim/accounts",
+            {"api_key": key, "api_secret": f"Demo-Secret-{key}", "balance": balance, "trx": "demo-trx"},
+        )
     status, refused = http("POST", f"{api}/accounts", {"api_key": "demo0001", "api_secret": "Wrong-Secret-1"})
     stored = boto3.client("secretsmanager").list_secrets(Filters=[{"Key": "name", "Values": ["account-ops/accounts/"]}])
     check(
@@ -146,7 +151,11 @@ def _fleet(stack: LocalStack, check: Callable[[str, bool, str], None], say: Call
     ticks = stack.ticks
     wait_for(lambda: requests("topUpAccountBalance", "demo0002") >= 1 and dead_letters() >= 1, 30)
     wait_for(lambda: stack.ticks >= ticks + 4, 10)
-    check("the low account topped up once", requests("topUpAccountBalance", "demo0002") == 1, "1 top-up for demo0002")
+    check(
+        "the low account topped up once",
+        requests("topUpAccountBalance", "demo0002") == 1 and "topup_succeeded" in _outcomes(api, "demo0002"),
+        "1 top-up for demo0002, accepted",
+    )
     _, decided = http("GET", f"{api}/accounts/demo0001/history")
     check(
         "the others decided on every tick",
@@ -170,6 +179,87 @@ def _fleet(stack: LocalStack, check: Callable[[str, bool, str], None], say: Call
         status == 200 and removed["secret_deletion_date"] is not None,
         f"watching stopped, history kept, secret deletion scheduled for {removed.get('secret_deletion_date')}",
     )
+
+
+def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say: Callable[[str], None]) -> None:
+    """A primary funds its subaccounts from one listing a tick; it tops itself up before a transfer
+    would take it below its own threshold."""
+    api, sim = stack.api_url, stack.sim.url
+    say("7. a primary with subaccounts: drain one, the primary pays for it and is topped up first")
+    primary = "demoprim"
+    http(
+        "POST",
+        f"{sim}/_sim/accounts",
+        {"api_key": primary, "api_secret": "Demo-Secret-prim", "balance": 25.0, "trx": "demo-trx"},
+    )
+    subaccounts: dict[str, dict[str, Any]] = {  # own, shared with the primary, suspended (low: never funded)
+        "demosub1": {"balance": 25.0},
+        "demosub2": {"balance": None},
+        "demosub3": {"balance": 1.0, "suspended": True},
+    }
+    for key, fields in subaccounts.items():
+        http(
+            "POST",
+            f"{sim}/_sim/subaccounts",
+            {"api_key": key, "api_secret": f"Demo-{key}-S1", "parent": primary, **fields},
+        )
+    status, _ = http(
+        "POST",
+        f"{api}/accounts",
+        {
+            "api_key": primary,
+            "api_secret": "Demo-Secret-prim",
+            "topup_trx": "demo-trx",
+            "settings": {"threshold_eur": 10.0, "subaccounts": {"watch": "all"}},
+        },
+    )
+    status, view = http("GET", f"{api}/accounts/{primary}/subaccounts")
+    states = {s["api_key"]: s["state"] for s in view.get("subaccounts", [])}
+    check(
+        "a primary added: its subaccounts listed in one call",
+        status == 200 and states == {"demosub1": "ok", "demosub2": "shared_balance", "demosub3": "suspended"},
+        ", ".join(f"{k} {v}" for k, v in states.items()),
+    )
+
+    def sent(operation: str, key: str, field: str = "api_key") -> int:
+        entries = http("GET", f"{sim}/_sim/requests")[1]["requests"]
+        return len([r for r in entries if r["operation"] == operation and r.get(field) == key])
+
+    def transfers() -> list[dict[str, Any]]:
+        listed = http("GET", f"{sim}/_sim/state")[1].get("transfers", [])
+        return [t for t in listed if t["from"] == primary]
+
+    http("DELETE", f"{sim}/_sim/requests")
+    # demosub1 runs dry: a 20 EUR transfer would leave the primary at 5, below its threshold of 10
+    http("POST", f"{sim}/_sim/state", {"api_key": "demosub1", "balance": 1.0})
+    funded = wait_for(lambda: len(transfers()) >= 1, stack.options.topup_lag + 8 * stack.options.tick_seconds + 10)
+    check(
+        "the primary topped up before it pays",
+        sent("topUpAccountBalance", primary) == 1 and "topup_succeeded" in _outcomes(api, primary),
+        f"{sent('topUpAccountBalance', primary)} top-up for {primary}, then the transfer on a later tick",
+    )
+    ticks = stack.ticks
+    wait_for(lambda: stack.ticks >= ticks + 3, 4 * stack.options.tick_seconds + 5)
+    moved = transfers()
+    check(
+        "exactly one transfer to the drained subaccount",
+        funded and len(moved) == 1 and moved[0]["to"] == "demosub1",
+        ", ".join(f"{t['amount']} EUR {t['from']} -> {t['to']} ({t['reference']})" for t in moved)
+        + f" over {stack.ticks} scheduler runs",
+    )
+    _, view = http("GET", f"{api}/accounts/{primary}/subaccounts")
+    listed = {s["api_key"]: s for s in view.get("subaccounts", [])}
+    last = (listed.get("demosub1") or {}).get("last_transfer") or {}
+    check(
+        "the shared and the suspended one never funded; the transfer is on record",
+        len(moved) == 1 and last.get("by_account_ops") is True and listed["demosub1"]["balance"] >= 5.0,
+        f"demosub1 at {listed.get('demosub1', {}).get('balance')} EUR, last transfer {last.get('reference')}, "
+        f"primary at {view.get('primary_balance')} EUR",
+    )
+
+
+def _outcomes(api: str, key: str) -> set[str]:
+    return {d["outcome"] for d in http("GET", f"{api}/accounts/{key}/history")[1].get("decisions", [])}
 
 
 def _new_secret_works(stack: LocalStack) -> bool:

@@ -32,9 +32,10 @@ def test_the_demo_scenario_passes(stack: LocalStack) -> None:
     checks = demo.run(stack, say=lines.append)
     failed = [(name, detail) for name, ok, detail in checks if not ok]
     assert failed == []
-    assert len(checks) == 20
+    assert len(checks) == 24
     assert any("exactly one top-up" in line for line in lines)
     assert any("the broken one fails alone" in line for line in lines)
+    assert any("exactly one transfer to the drained subaccount" in line for line in lines)
 
 
 def local_command(*args: str, state_file: Path) -> subprocess.CompletedProcess[str]:
