@@ -21,7 +21,7 @@ export AWS_DEFAULT_REGION ?= eu-west-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help python venv cli-schema test lint typecheck unit validate build local demo bench bench-quick bench-fleet clean openapi
+.PHONY: help python venv cli-schema test lint typecheck unit validate build local demo bench bench-quick bench-fleet bench-subaccounts clean openapi
 
 help:
 	@echo "make demo   - the whole system on the local stack (simulator + moto), scripted tour"
@@ -30,6 +30,7 @@ help:
 	@echo "make build  - sam build (arm64, Python 3.13, no Docker)"
 	@echo "make bench  - cold start, warm cost, memory and size benchmarks"
 	@echo "make bench-fleet - whole fleet ticks for 10, 100 and 1,000 accounts (benchmarks/FLEET.md, a plot)"
+	@echo "make bench-subaccounts - a primary's tick with 1,000 subaccounts (benchmarks/SUBACCOUNTS.md)"
 	@echo "make venv   - create .venv (project, tests, CLI) and .venv-sam (SAM CLI); again only after a requirements file changes"
 
 python:
@@ -118,11 +119,17 @@ bench-quick: build $(STAMP) $(STAMP_BENCH)
 	@$(PY) benchmarks/run.py --quick
 	@echo "make: the fleet tick, quick (10 accounts, printed; fails only if an account is not decided exactly once)"
 	@$(PY) benchmarks/fleet.py --quick
+	@echo "make: a primary's tick, quick (100 subaccounts, printed; fails only if a low one is not funded exactly once)"
+	@$(PY) benchmarks/subaccounts.py --quick
 
 bench-fleet: $(STAMP)
 	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install --quiet -r requirements-plot.txt
 	@echo "make: fleet ticks for 10, 100 and 1,000 accounts (a few minutes), written to benchmarks/FLEET.md"
 	@$(PY) benchmarks/fleet.py
+
+bench-subaccounts: $(STAMP)
+	@echo "make: a primary's ticks with 1,000 subaccounts (none, 1 % and 10 % low), written to benchmarks/SUBACCOUNTS.md"
+	@$(PY) benchmarks/subaccounts.py
 
 clean:
 	rm -rf $(VENV) $(VENV_SAM) $(VENV_BENCH) .aws-sam .mypy_cache .ruff_cache .hypothesis benchmarks/.work *.egg-info
