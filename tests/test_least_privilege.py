@@ -49,7 +49,8 @@ ENFORCED = ("secretsmanager:", "dynamodb:", "sns:", "sqs:SendMessage")  # calls 
 # SQS authorises a batch call as its single action (there is no sqs:SendMessageBatch in IAM); moto
 # asks for the batch action's own name, so the policy moto enforces grants it beside the single one.
 IAM_ACTION_OF = {"sqs:SendMessageBatch": "sqs:SendMessage"}
-FLEET_KEY, FLEET_SECRET = "flt00001", "Fleet-Secret-01"
+FLEET_KEY, FLEET_SECRET = "flt00001", "Fleet-Secret-01"  # a primary: it funds its subaccounts
+SUB_KEY, SUB_SECRET = "sub00001", "Sub-Secret-0001"  # its subaccount in the fleet, rotated with its credentials
 ADDED_KEY, ADDED_SECRET = "add00001", "Added-Secret-01"
 FUNCTIONS = {
     "settings_api": "SettingsApiFunction",
@@ -159,7 +160,7 @@ class World:
         self.rotation_function_arn = self.names.attribute("SecretRotationFunction", "Arn")
         self.undo_trigger = rotation_trigger.install({self.rotation_function_arn: lambda event: None})
         # one fleet account, in the simulator and in the registry, with its secret under the prefix
-        sim.add_account(FLEET_KEY, FLEET_SECRET, balance=25.0)
+        sim.add_account(FLEET_KEY, FLEET_SECRET, balance=500.0)  # covers its transfers
         self.fleet_secret_arn = bootstrap.client("secretsmanager").create_secret(
             Name=f"account-ops/accounts/{FLEET_KEY}",
             SecretString=vonage_secret_value(api_key=FLEET_KEY, api_secret=FLEET_SECRET, topup_trx="fleet-trx"),
@@ -171,8 +172,32 @@ class World:
                 "secret_arn": {"S": self.fleet_secret_arn},
                 "version": {"N": "1"},
                 "created_at": {"S": "2026-12-01T00:00:00Z"},
-                "settings": {"S": '{"name": "fleet"}'},
+                "settings": {"S": '{"name": "fleet", "subaccounts": {}}'},
                 "watched": {"BOOL": True},
+            },
+        )
+        # its subaccount, with a secret of its own that names the primary's (as POST /accounts stores it)
+        sim.control(
+            "POST",
+            "/_sim/subaccounts",
+            {"api_key": SUB_KEY, "api_secret": SUB_SECRET, "parent": FLEET_KEY, "balance": 25.0},
+        )
+        self.sub_secret_arn = bootstrap.client("secretsmanager").create_secret(
+            Name=f"account-ops/accounts/{SUB_KEY}",
+            SecretString=json.dumps(
+                {"api_key": SUB_KEY, "api_secret": SUB_SECRET, "primary_secret_arn": self.fleet_secret_arn}
+            ),
+        )["ARN"]
+        bootstrap.client("dynamodb").put_item(
+            TableName=self.resources.tables["AccountsTable"],
+            Item={
+                "api_key": {"S": SUB_KEY},
+                "secret_arn": {"S": self.sub_secret_arn},
+                "version": {"N": "1"},
+                "created_at": {"S": "2026-12-01T00:00:00Z"},
+                "settings": {"S": '{"name": "subaccount"}'},
+                "watched": {"BOOL": False},
+                "primary": {"S": FLEET_KEY},
             },
         )
         # an account the settings API adds and removes (the simulator knows it)
@@ -298,6 +323,10 @@ def settings_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
         api("GET", f"/accounts/{ADDED_KEY}/rotation"),
         api("GET", f"/accounts/{ADDED_KEY}/history"),
         api("DELETE", f"/accounts/{ADDED_KEY}"),
+        # a primary's subaccounts: listed with their last transfers, one read and one configured
+        api("GET", f"/accounts/{FLEET_KEY}/subaccounts"),
+        api("GET", f"/accounts/{FLEET_KEY}/subaccounts/{SUB_KEY}"),
+        api("PUT", f"/accounts/{FLEET_KEY}/subaccounts/{SUB_KEY}", {"settings": {"threshold_eur": 4.0}}),
     ]
     answers = [app.lambda_handler(event, LambdaContext("settings_api")) for event in requests]
     failed = [
@@ -333,6 +362,11 @@ def watcher_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> boo
             world.failures = [repr(exc)]
             return False
     subjects = [a["subject"] for a in world.read_alerts()]
+    # the fleet account is a primary: a new subaccount of it, low, is funded by one of the ticks below
+    low = f"low{next(_runs):05d}"
+    world.sim.control(
+        "POST", "/_sim/subaccounts", {"api_key": low, "api_secret": "Low-Secret-1", "parent": FLEET_KEY, "balance": 1.0}
+    )
     # each tick sent the fleet account's message; the event source mapping hands them over
     got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
     records = [sqs_record(m, f"arn:aws:sqs:{REGION}:{ACCOUNT}:FleetQueue", REGION) for m in got]
@@ -343,9 +377,17 @@ def watcher_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> boo
         return False
     for m in got:
         sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
-    world.failures = [outcomes, len(records), answer, len(world.sim.requests("getAccountBalance", api_key=FLEET_KEY))]
+    transfers = [t for t in world.sim.public_state()["transfers"] if t["to"] == low]
+    world.failures = [
+        outcomes,
+        len(records),
+        answer,
+        len(world.sim.requests("getAccountBalance", api_key=FLEET_KEY)),
+        f"{len(transfers)} transfer(s) to {low}",
+    ]
     return (
-        outcomes == ["ok", "topup_succeeded", "low_alerted", "ok"]
+        len(transfers) == 1
+        and outcomes == ["ok", "topup_succeeded", "low_alerted", "ok"]
         and any("top-up sent" in s for s in subjects)
         and "Vonage balance recovered" in subjects
         and len(records) == 4  # one per tick
@@ -382,7 +424,20 @@ def rotation_scenarios(world: World, cold_start: Callable[[], ModuleType]) -> bo
             )
     except Exception:
         return False
-    return world.sm.get_secret_value(SecretId=fleet, VersionStage="AWSCURRENT")["VersionId"] == token
+    if world.sm.get_secret_value(SecretId=fleet, VersionStage="AWSCURRENT")["VersionId"] != token:
+        return False
+    # and a subaccount's, rotated with its primary's credentials (read from the primary's secret)
+    sub = world.sub_secret_arn
+    if rotation_trigger.pending_token(world.sm, sub):
+        world.sm.cancel_rotate_secret(SecretId=sub)
+    world.sm.rotate_secret(SecretId=sub, RotationLambdaARN=ROTATION_ARN, RotationRules={"AutomaticallyAfterDays": 30})
+    token = rotation_trigger.pending_token(world.sm, sub)
+    try:
+        for step in rotation_trigger.STEPS:
+            app.lambda_handler({"Step": step, "SecretId": sub, "ClientRequestToken": token}, LambdaContext("rotation"))
+    except Exception:
+        return False
+    return world.sm.get_secret_value(SecretId=sub, VersionStage="AWSCURRENT")["VersionId"] == token
 
 
 SCENARIOS = {
