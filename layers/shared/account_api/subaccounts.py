@@ -69,6 +69,8 @@ class SubaccountReport(BaseModel):
     outcome: FundingOutcome | None = None
     amount: float | None = None
     detail: str = ""
+    # the tick this decision belongs to, when an earlier one made it and died before recording it
+    decided_at: str | None = None
 
 
 class FundingReport(BaseModel):
@@ -124,6 +126,9 @@ class SubaccountFunder:
         now = time.time() if now is None else now
         key = self.primary.api_key
         report = FundingReport(primary=key, scheduled_time=run.key)
+        # open transfers settled this tick: closed only once their history rows are written, so a
+        # run that dies in between leaves them open and the next one records them
+        self._closing: set[str] = set()
         claim = self.store.claim_run(f"{key}/subaccounts", run.key, now)
         if claim.state != "claimed":  # another delivery of this tick funds (or funded) them
             return self.watcher.run(run, now), report.model_copy(update={"duplicate": True})
@@ -160,11 +165,13 @@ class SubaccountFunder:
         )
         for row in report.decisions:
             self.store.record_history(
-                f"{row.api_key}",
-                run.key,
+                row.api_key,
+                row.decided_at or run.key,
                 {"outcome": str(row.outcome), "balance": row.balance, "detail": row.detail},
                 now,
             )
+        for sub in sorted(self._closing):
+            self._close(sub)
         self.store.mark_finished(f"{key}/subaccounts", run.key)
         logger.info(
             "subaccounts decided",
@@ -187,14 +194,27 @@ class SubaccountFunder:
         if not open_transfers:
             return [], set()
         pending: dict[str, tuple[str, Take]] = {}
+        recovered: list[SubaccountReport] = []
         for sub, run_key in open_transfers.items():
             take = self._leases(sub).lease(self._lease_key(sub)).take_of(run_key)
             if take is None or not take.pending:
-                self._close(sub)  # settled already, or a lease never taken
+                # a lease never taken (nothing was sent), or a take whose outcome was recorded by a
+                # run that died before its history row: that row is written now, for its own tick
+                self._closing.add(sub)
+                if take is not None and take.outcome in set(FundingOutcome):
+                    recovered.append(
+                        SubaccountReport(
+                            api_key=sub,
+                            state=SubaccountState.LOW,
+                            outcome=FundingOutcome(take.outcome),
+                            detail=take.detail,
+                            decided_at=run_key,
+                        )
+                    )
                 continue
             pending[sub] = (run_key, take)
         if not pending:
-            return [], set()
+            return recovered, set()
         start = min(t.at for _, t in pending.values()) - LISTING_WINDOW_MARGIN_SECONDS
         try:
             references = {t.reference for t in client.list_balance_transfers(_utc(start))}
@@ -202,9 +222,11 @@ class SubaccountFunder:
             # stays unknown: the lease holds, so nothing is sent twice; this is when to alert
             logger.error("the transfer listing failed: open transfers stay unknown", error=type(exc).__name__)
             why = f"the transfer listing failed ({type(exc).__name__})"
-            return [self._unknown_alert(run, now, sub, why) for sub in pending], set(pending)
+            return recovered + [self._unknown_alert(run, now, sub, why) for sub in pending], set(pending)
         settled = {sub: self._settle(now, sub, run_key, take, references) for sub, (run_key, take) in pending.items()}
-        return [r for r in settled.values() if r is not None], {sub for sub, r in settled.items() if r is None}
+        return recovered + [r for r in settled.values() if r is not None], {
+            sub for sub, r in settled.items() if r is None
+        }
 
     def _settle(self, now: float, sub: str, run_key: str, take: Take, references: set[str]) -> SubaccountReport | None:
         leases = self._leases(sub)
@@ -216,7 +238,7 @@ class SubaccountFunder:
                 "found by its reference",
                 give_back=False,
             )
-            self._close(sub)
+            self._closing.add(sub)
             logger.info("an unknown transfer was found by its reference: done", subaccount=sub, decided_at=run_key)
             return SubaccountReport(
                 api_key=sub,
@@ -233,7 +255,7 @@ class SubaccountFunder:
             "not in the transfer listing",
             give_back=True,
         )
-        self._close(sub)
+        self._closing.add(sub)
         logger.info("an unknown transfer is not in the listing: not done, decided again", subaccount=sub)
         return SubaccountReport(
             api_key=sub,
@@ -351,7 +373,7 @@ class SubaccountFunder:
         self._note_open(sub.api_key, run.key)  # first: a transfer sent is always found again
         refusal = leases.take_lease(lease_key, run.key, now, seen_version=candidate.lease_version)
         if refusal is not None:
-            self._close(sub.api_key)
+            self._closing.add(sub.api_key)
             return (FundingOutcome.SKIPPED_DAILY_CAP if refusal == "cap" else FundingOutcome.SKIPPED_COOLDOWN), ""
         reference = transfer_reference(run.key, sub.api_key)
         metrics.add_metric(name="SubaccountTransferSent", unit=MetricUnit.Count, value=1)
@@ -361,7 +383,7 @@ class SubaccountFunder:
         except errors.AccountApiError as exc:
             if not errors.outcome_unknown(exc):  # refused: nothing moved; the lease is given back
                 leases.record_take(lease_key, run.key, FundingOutcome.TRANSFER_FAILED, exc.reason[:200], give_back=True)
-                self._close(sub.api_key)
+                self._closing.add(sub.api_key)
                 self._alert_once(
                     run,
                     now,
@@ -373,7 +395,7 @@ class SubaccountFunder:
                 return FundingOutcome.TRANSFER_FAILED, exc.reason[:200]
             return self._after_lost_answer(run, now, sub.api_key, client, exc)
         leases.record_take(lease_key, run.key, FundingOutcome.TRANSFER_SUCCEEDED, "", give_back=False)
-        self._close(sub.api_key)
+        self._closing.add(sub.api_key)
         return FundingOutcome.TRANSFER_SUCCEEDED, ""
 
     def _after_lost_answer(
