@@ -129,6 +129,9 @@ class SubaccountFunder:
         # open transfers settled this tick: closed only once their history rows are written, so a
         # run that dies in between leaves them open and the next one records them
         self._closing: set[str] = set()
+        # decisions of earlier ticks found recorded on their lease but not in the history: written
+        # for their own tick, whatever this tick decides
+        self._late: list[SubaccountReport] = []
         claim = self.store.claim_run(f"{key}/subaccounts", run.key, now)
         if claim.state != "claimed":  # another delivery of this tick funds (or funded) them
             return self.watcher.run(run, now), report.model_copy(update={"duplicate": True})
@@ -163,7 +166,7 @@ class SubaccountFunder:
                 "transfers_sent": sent,
             }
         )
-        for row in report.decisions:
+        for row in [*report.decisions, *self._late]:  # a late fact wins over a retry's skip of its tick
             self.store.record_history(
                 row.api_key,
                 row.decided_at or run.key,
@@ -194,7 +197,6 @@ class SubaccountFunder:
         if not open_transfers:
             return [], set()
         pending: dict[str, tuple[str, Take]] = {}
-        recovered: list[SubaccountReport] = []
         for sub, run_key in open_transfers.items():
             take = self._leases(sub).lease(self._lease_key(sub)).take_of(run_key)
             if take is None or not take.pending:
@@ -202,7 +204,7 @@ class SubaccountFunder:
                 # run that died before its history row: that row is written now, for its own tick
                 self._closing.add(sub)
                 if take is not None and take.outcome in set(FundingOutcome):
-                    recovered.append(
+                    self._late.append(
                         SubaccountReport(
                             api_key=sub,
                             state=SubaccountState.LOW,
@@ -214,7 +216,7 @@ class SubaccountFunder:
                 continue
             pending[sub] = (run_key, take)
         if not pending:
-            return recovered, set()
+            return [], set()
         start = min(t.at for _, t in pending.values()) - LISTING_WINDOW_MARGIN_SECONDS
         try:
             references = {t.reference for t in client.list_balance_transfers(_utc(start))}
@@ -222,11 +224,9 @@ class SubaccountFunder:
             # stays unknown: the lease holds, so nothing is sent twice; this is when to alert
             logger.error("the transfer listing failed: open transfers stay unknown", error=type(exc).__name__)
             why = f"the transfer listing failed ({type(exc).__name__})"
-            return recovered + [self._unknown_alert(run, now, sub, why) for sub in pending], set(pending)
+            return [self._unknown_alert(run, now, sub, why) for sub in pending], set(pending)
         settled = {sub: self._settle(now, sub, run_key, take, references) for sub, (run_key, take) in pending.items()}
-        return recovered + [r for r in settled.values() if r is not None], {
-            sub for sub, r in settled.items() if r is None
-        }
+        return [r for r in settled.values() if r is not None], {sub for sub, r in settled.items() if r is None}
 
     def _settle(self, now: float, sub: str, run_key: str, take: Take, references: set[str]) -> SubaccountReport | None:
         leases = self._leases(sub)
