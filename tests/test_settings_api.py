@@ -581,6 +581,11 @@ def test_openapi_document_describes_the_api_as_it_answers() -> None:
         ("GET", "/accounts/{api_key}/rotation"): [200, 404, 422, *upstream],
         ("POST", "/accounts/{api_key}/secrets/rotate"): [202, 404, 409, 413, 415, 422, *upstream],
         ("GET", "/accounts/{api_key}/history"): [200, 404, 422, *upstream],
+        # a primary not provisioned for the Subaccounts API: 200 with "enabled": false for the list,
+        # 409 for one subaccount
+        ("GET", "/accounts/{api_key}/subaccounts"): [200, 404, 422, *upstream],
+        ("GET", "/accounts/{api_key}/subaccounts/{subaccount}"): [200, 404, 409, 422, *upstream],
+        ("PUT", "/accounts/{api_key}/subaccounts/{subaccount}"): [200, 400, 404, 409, 413, 415, 422, *upstream],
     }
     for operations in document["paths"].values():
         for operation in operations.values():
