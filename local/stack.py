@@ -408,9 +408,6 @@ class LocalStack:
         # a tick in flight finishes before its AWS and Vonage stand-ins go away under it
         if self._scheduler_thread is not None and self._scheduler_thread is not threading.current_thread():
             self._scheduler_thread.join(timeout=60)
-        # a tick in flight finishes before its AWS and Vonage stand-ins go away under it
-        if self._scheduler_thread is not None and self._scheduler_thread is not threading.current_thread():
-            self._scheduler_thread.join(timeout=60)
         for undo in reversed(self._cleanup):
             with contextlib.suppress(Exception):
                 undo()
