@@ -203,7 +203,7 @@ def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say
             f"{sim}/_sim/subaccounts",
             {"api_key": key, "api_secret": f"Demo-{key}-S1", "parent": primary, **fields},
         )
-    status, _ = http(
+    added, _ = http(
         "POST",
         f"{api}/accounts",
         {
@@ -217,13 +217,16 @@ def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say
     states = {s["api_key"]: s["state"] for s in view.get("subaccounts", [])}
     check(
         "a primary added: its subaccounts listed in one call",
-        status == 200 and states == {"demosub1": "ok", "demosub2": "shared_balance", "demosub3": "suspended"},
+        added == 201
+        and status == 200
+        and states == {"demosub1": "ok", "demosub2": "shared_balance", "demosub3": "suspended"},
         ", ".join(f"{k} {v}" for k, v in states.items()),
     )
 
-    def sent(operation: str, key: str, field: str = "api_key") -> int:
+    def sent(operation: str) -> list[float]:
+        """When the primary's requests of this operation reached Vonage."""
         entries = http("GET", f"{sim}/_sim/requests")[1]["requests"]
-        return len([r for r in entries if r["operation"] == operation and r.get(field) == key])
+        return [r["time"] for r in entries if r["operation"] == operation and r["api_key"] == primary]
 
     def transfers() -> list[dict[str, Any]]:
         listed = http("GET", f"{sim}/_sim/state")[1].get("transfers", [])
@@ -233,10 +236,13 @@ def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say
     # demosub1 runs dry: a 20 EUR transfer would leave the primary at 5, below its threshold of 10
     http("POST", f"{sim}/_sim/state", {"api_key": "demosub1", "balance": 1.0})
     funded = wait_for(lambda: len(transfers()) >= 1, stack.options.topup_lag + 8 * stack.options.tick_seconds + 10)
+    topped, paid = sent("topUpAccountBalance"), sent("transferBalance")
     check(
         "the primary topped up before it pays",
-        sent("topUpAccountBalance", primary) == 1 and "topup_succeeded" in _outcomes(api, primary),
-        f"{sent('topUpAccountBalance', primary)} top-up for {primary}, then the transfer on a later tick",
+        len(topped) == 1 and "topup_succeeded" in _outcomes(api, primary) and bool(paid) and topped[0] < paid[0],
+        f"{len(topped)} top-up for {primary}, then the transfer {max(paid or topped) - topped[0]:.1f} s later"
+        if topped
+        else "no top-up",
     )
     ticks = stack.ticks
     wait_for(lambda: stack.ticks >= ticks + 3, 4 * stack.options.tick_seconds + 5)
