@@ -82,27 +82,16 @@ class Servers:
         wait_for(self.moto_url + "/moto-api/")
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        for process in self.processes:
-            process.terminate()
-            process.wait(timeout=10)
+    def stack_resources(self) -> tuple[Any, Any]:
+        """The layer and boto3 pointed at this moto, the template's resources created in it (the
+        stack's secret holding the simulator's first account), every Vonage answer slowed to LATENCY."""
+        import boto3
 
+        from account_api import aws_clients
+        from local import aws_resources
+        from local import simulator as simmod
 
-def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
-    import boto3
-
-    from account_api import ClientOptions, VonageAccount, aws_clients
-    from account_api.balance import Alerts, BalanceWatcher, ScheduledRun, WatcherSettings, WatcherStore
-    from account_api.credentials import CredentialStore
-    from account_api.fleet import FleetSettings, Tick, dispatch
-    from account_api.registry import AccountSettings, Registry
-    from local import aws_resources
-    from local import simulator as simmod
-    from local.fleet_poller import FleetPoller
-    from local.stack import FLEET_BATCH_SIZE, LambdaContext
-
-    with Servers() as servers:
-        os.environ["AWS_ENDPOINT_URL"] = servers.moto_url
+        os.environ["AWS_ENDPOINT_URL"] = self.moto_url
         aws_clients.reset()
         session = boto3.Session()
         secret = json.dumps(
@@ -112,11 +101,30 @@ def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
                 "topup_trx": simmod.DEFAULT_TRX,
             }
         )
-        resources = aws_resources.create_resources(session, secret)
+        control(self.sim_url, "/_sim/state", {"latency": LATENCY, "fetch_callbacks": False})
+        return session, aws_resources.create_resources(session, secret)
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def one_size(accounts: int, concurrency: int) -> dict[str, Any]:
+    from account_api import ClientOptions, VonageAccount, aws_clients
+    from account_api.balance import Alerts, BalanceWatcher, ScheduledRun, WatcherSettings, WatcherStore
+    from account_api.credentials import CredentialStore
+    from account_api.fleet import FleetSettings, Tick, dispatch
+    from account_api.registry import AccountSettings, Registry
+    from local import simulator as simmod
+    from local.fleet_poller import FleetPoller
+    from local.stack import FLEET_BATCH_SIZE, LambdaContext
+
+    with Servers() as servers:
+        session, resources = servers.stack_resources()
         ddb, sqs, sm = session.client("dynamodb"), session.client("sqs"), session.client("secretsmanager")
         queue_url = resources.queues["FleetQueue"]  # and AccountsTable: both as the template declares them
         registry = Registry("AccountsTable")
-        control(servers.sim_url, "/_sim/state", {"latency": LATENCY, "fetch_callbacks": False})
         low = set()
         for i in range(accounts):
             key, value = f"fleet{i:05d}", f"Bench-Secret-{i:05d}"

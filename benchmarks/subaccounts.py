@@ -72,29 +72,15 @@ class Context:
 
 
 def run(subaccounts: int) -> list[dict[str, Any]]:
-    import boto3
-
     from account_api import aws_clients
     from account_api.fleet import Tick, TickMessage
     from account_api.registry import AccountSettings, Registry, SubaccountsRule
-    from local import aws_resources
     from local import simulator as simmod
     from local.fleet_poller import sqs_record
 
     with Servers() as servers:
-        os.environ["AWS_ENDPOINT_URL"] = servers.moto_url
-        aws_clients.reset()
-        session = boto3.Session()
-        secret = json.dumps(
-            {
-                "api_key": simmod.DEFAULT_API_KEY,
-                "api_secret": simmod.DEFAULT_API_SECRET,
-                "topup_trx": simmod.DEFAULT_TRX,
-            }
-        )
-        resources = aws_resources.create_resources(session, secret)
+        session, resources = servers.stack_resources()
         sm = session.client("secretsmanager")
-        control(servers.sim_url, "/_sim/state", {"latency": LATENCY, "fetch_callbacks": False})
         value = "Bench-Primary-Secret1"
         control(
             servers.sim_url,
