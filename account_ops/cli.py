@@ -667,10 +667,21 @@ def _positive(text: str) -> float:
     return value
 
 
-def _days(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 90:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of days from 1 to 90")
-    return int(text)
+def _whole(low: int, high: int, unit: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of `unit` from low to high."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of {unit} from {low} to {high}")
+        return int(text)
+
+    return parse
+
+
+_days = _whole(1, 90, "days")
+_minutes = _whole(1, 24 * 60, "minutes")
+_topups_a_day = _whole(0, 50, "top-ups")
+_transfers_a_day = _whole(0, 50, "transfers")
 
 
 API_SECRET_VARIABLE = "ACCOUNT_OPS_API_SECRET"  # noqa: S105 - a variable name, not a secret
@@ -684,36 +695,26 @@ def _api_key(text: str) -> str:
     return text
 
 
-def _euros(text: str) -> float:
+def _amount(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an amount in EUR") from None
+
+
+def _euros(text: str) -> float:
+    value = _amount(text)
     if not 0 < value <= 100_000:
         raise argparse.ArgumentTypeError(f"{text!r}: give an amount above 0 (at most 100000)")
     return value
 
 
 def _signed_euros(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount in EUR") from None
+    """A threshold a subaccount in credit may have below zero."""
+    value = _amount(text)
     if not -100_000 <= value <= 100_000:
         raise argparse.ArgumentTypeError(f"{text!r}: give an amount from -100000 to 100000")
     return value
-
-
-def _minutes(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1440:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of minutes from 1 to 1440")
-    return int(text)
-
-
-def _cap(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 50:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of top-ups from 0 to 50")
-    return int(text)
 
 
 def _account_settings(parser: argparse.ArgumentParser) -> None:
@@ -723,7 +724,9 @@ def _account_settings(parser: argparse.ArgumentParser) -> None:
         "--critical", type=_euros, metavar="EUR", help="critical below this (default: BalanceCriticalEur)"
     )
     parser.add_argument("--topup-mode", choices=TOPUP_MODES, help="live, dry_run or off (default: the stack's)")
-    parser.add_argument("--daily-cap", type=_cap, metavar="N", help="top-ups a day at most (default: the stack's)")
+    parser.add_argument(
+        "--daily-cap", type=_topups_a_day, metavar="N", help="top-ups a day at most (default: the stack's)"
+    )
 
 
 def _one_account(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -917,7 +920,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--transfer", type=_euros, metavar="EUR", help="the amount of one transfer")
     sub.add_argument("--cooldown", type=_minutes, metavar="MIN", help="minutes between transfers at least")
-    sub.add_argument("--daily-cap", type=_cap, metavar="N", help="transfers a day at most")
+    sub.add_argument("--daily-cap", type=_transfers_a_day, metavar="N", help="transfers a day at most")
     watch = sub.add_mutually_exclusive_group()
     watch.add_argument("--enable", dest="enabled", action="store_const", const=True, help="watch it")
     watch.add_argument("--disable", dest="enabled", action="store_const", const=False, help="stop watching it")
