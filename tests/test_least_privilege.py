@@ -165,17 +165,22 @@ class World:
             Name=f"account-ops/accounts/{FLEET_KEY}",
             SecretString=vonage_secret_value(api_key=FLEET_KEY, api_secret=FLEET_SECRET, topup_trx="fleet-trx"),
         )["ARN"]
-        bootstrap.client("dynamodb").put_item(
-            TableName=self.resources.tables["AccountsTable"],
-            Item={
-                "api_key": {"S": FLEET_KEY},
-                "secret_arn": {"S": self.fleet_secret_arn},
-                "version": {"N": "1"},
-                "created_at": {"S": "2026-12-01T00:00:00Z"},
-                "settings": {"S": '{"name": "fleet", "subaccounts": {}}'},
-                "watched": {"BOOL": True},
-            },
-        )
+
+        def register(api_key: str, secret_arn: str, settings: str, **more: dict[str, Any]) -> None:
+            """A registry item as the settings API writes it."""
+            bootstrap.client("dynamodb").put_item(
+                TableName=self.resources.tables["AccountsTable"],
+                Item={
+                    "api_key": {"S": api_key},
+                    "secret_arn": {"S": secret_arn},
+                    "version": {"N": "1"},
+                    "created_at": {"S": "2026-12-01T00:00:00Z"},
+                    "settings": {"S": settings},
+                    **more,
+                },
+            )
+
+        register(FLEET_KEY, self.fleet_secret_arn, '{"name": "fleet", "subaccounts": {}}', watched={"BOOL": True})
         # its subaccount, with a secret of its own that names the primary's (as POST /accounts stores it)
         sim.control(
             "POST",
@@ -188,17 +193,8 @@ class World:
                 {"api_key": SUB_KEY, "api_secret": SUB_SECRET, "primary_secret_arn": self.fleet_secret_arn}
             ),
         )["ARN"]
-        bootstrap.client("dynamodb").put_item(
-            TableName=self.resources.tables["AccountsTable"],
-            Item={
-                "api_key": {"S": SUB_KEY},
-                "secret_arn": {"S": self.sub_secret_arn},
-                "version": {"N": "1"},
-                "created_at": {"S": "2026-12-01T00:00:00Z"},
-                "settings": {"S": '{"name": "subaccount"}'},
-                "watched": {"BOOL": False},
-                "primary": {"S": FLEET_KEY},
-            },
+        register(
+            SUB_KEY, self.sub_secret_arn, '{"name": "subaccount"}', watched={"BOOL": False}, primary={"S": FLEET_KEY}
         )
         # an account the settings API adds and removes (the simulator knows it)
         sim.add_account(ADDED_KEY, ADDED_SECRET, balance=30.0)
