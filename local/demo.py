@@ -138,8 +138,7 @@ def _fleet(stack: LocalStack, check: Callable[[str, bool, str], None], say: Call
     )
 
     def requests(operation: str, key: str) -> int:
-        entries = http("GET", f"{sim}/_sim/requests")[1]["requests"]
-        return len([r for r in entries if r["operation"] == operation and r["api_key"] == key])
+        return len(_sent(sim, operation, key))
 
     dead = stack.resources.queues["FleetDeadLetterQueue"]
     sqs = boto3.client("sqs")
@@ -223,11 +222,6 @@ def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say
         ", ".join(f"{k} {v}" for k, v in states.items()),
     )
 
-    def sent(operation: str) -> list[float]:
-        """When the primary's requests of this operation reached Vonage."""
-        entries = http("GET", f"{sim}/_sim/requests")[1]["requests"]
-        return [r["time"] for r in entries if r["operation"] == operation and r["api_key"] == primary]
-
     def transfers() -> list[dict[str, Any]]:
         listed = http("GET", f"{sim}/_sim/state")[1].get("transfers", [])
         return [t for t in listed if t["from"] == primary]
@@ -236,7 +230,7 @@ def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say
     # demosub1 runs dry: a 20 EUR transfer would leave the primary at 5, below its threshold of 10
     http("POST", f"{sim}/_sim/state", {"api_key": "demosub1", "balance": 1.0})
     funded = wait_for(lambda: len(transfers()) >= 1, stack.options.topup_lag + 8 * stack.options.tick_seconds + 10)
-    topped, paid = sent("topUpAccountBalance"), sent("transferBalance")
+    topped, paid = _sent(sim, "topUpAccountBalance", primary), _sent(sim, "transferBalance", primary)
     check(
         "the primary topped up before it pays",
         len(topped) == 1 and "topup_succeeded" in _outcomes(api, primary) and bool(paid) and topped[0] < paid[0],
@@ -262,6 +256,12 @@ def _subaccounts(stack: LocalStack, check: Callable[[str, bool, str], None], say
         f"demosub1 at {listed.get('demosub1', {}).get('balance')} EUR, last transfer {last.get('reference')}, "
         f"primary at {view.get('primary_balance')} EUR",
     )
+
+
+def _sent(sim: str, operation: str, key: str) -> list[float]:
+    """When the simulator received `key`'s requests of this operation."""
+    entries = http("GET", f"{sim}/_sim/requests")[1]["requests"]
+    return [r["time"] for r in entries if r["operation"] == operation and r["api_key"] == key]
 
 
 def _outcomes(api: str, key: str) -> set[str]:

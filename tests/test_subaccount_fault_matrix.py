@@ -53,7 +53,7 @@ class FundingStack(MatrixStack):
             secret_arn=self.resources.secret_arn,
             settings=AccountSettings(name="primary", subaccounts=SubaccountsRule()),
         )
-        result, self.report = SubaccountFunder(primary, watcher).run(run, now)
+        result, _ = SubaccountFunder(primary, watcher).run(run, now)
         return result
 
     def add_subaccounts(self) -> None:
