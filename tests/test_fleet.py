@@ -388,9 +388,7 @@ def test_the_poller_bounds_concurrency_and_leaves_failed_messages_for_the_dead_l
     queue = sqs.create_queue(
         QueueName="fleet-poll",
         Attributes={
-            # long enough that no message still being handled comes back on a loaded machine (at 1 s,
-            # one did: seen twice); the failed one comes back after it
-            "VisibilityTimeout": "4",
+            "VisibilityTimeout": "1",
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": "2"}),
         },
     )["QueueUrl"]
@@ -422,7 +420,7 @@ def test_the_poller_bounds_concurrency_and_leaves_failed_messages_for_the_dead_l
     # after its visibility timeout the failed one comes back, fails again, then leaves for the DLQ
     # (polled up to a deadline, not slept a fixed time: a loaded machine serves moto slowly)
     moved: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 15
     while not moved and time.monotonic() < deadline:
         time.sleep(0.3)
         poller.drain()
