@@ -57,6 +57,10 @@ class FleetPoller:
         self.queue_arn = attributes["QueueArn"]
         self.region = self.queue_arn.split(":")[3]
         self._in_flight = 0
+        # moto's ReceiveMessage checks a message's visibility and marks it received without a lock,
+        # so two concurrent receives on one queue can both get it: receives are taken one at a time
+        # (the handlers still run `concurrency` at once)
+        self._receiving = threading.Lock()
 
     def drain(self) -> PollStats:
         """Poll with `concurrency` workers until the queue answers empty to every one of them."""
@@ -70,9 +74,10 @@ class FleetPoller:
 
     def _work(self, stats: PollStats) -> None:
         while True:
-            got = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, AttributeNames=["All"]
-            ).get("Messages", [])
+            with self._receiving:
+                got = self.sqs.receive_message(
+                    QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, AttributeNames=["All"]
+                ).get("Messages", [])
             if not got:
                 return
             with stats.lock:
